@@ -1,0 +1,503 @@
+//! A member's forwarding of one frame, without I/O: choose the egress side from the
+//! destination address, decrement TTL/hop limit, and write the side's virtual MAC and the
+//! next hop's MAC. Next hops are resolved by ARP/ND sent as the group's gateway address;
+//! frames waiting for a resolution are held (bounded) and released when the answer comes.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use ahash::AHashMap;
+use ipnet::IpNet;
+
+use crate::frame::{self, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6};
+
+/// One side of the group as a member sees it.
+#[derive(Clone, Debug)]
+pub struct Side {
+    /// The group's virtual MAC on this side: the source of every frame sent there.
+    pub vmac: [u8; 6],
+    /// Gateway addresses: the source of ARP/ND solicitations.
+    pub gw_v4: Option<Ipv4Addr>,
+    pub gw_v6: Option<Ipv6Addr>,
+    /// Networks behind this side (on-link: the destination is its own next hop).
+    pub prefixes: Vec<IpNet>,
+}
+
+/// Why a frame was dropped; index of the drop counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    Truncated = 0,
+    Malformed,
+    NotIp,
+    NoRoute,
+    TtlExceeded,
+    NeighbourQueueFull,
+    NeighbourUnreachable,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 7;
+    pub const NAMES: [&'static str; Self::COUNT] = [
+        "truncated",
+        "malformed",
+        "not_ip",
+        "no_route",
+        "ttl_exceeded",
+        "neighbour_queue_full",
+        "neighbour_unreachable",
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place: send it.
+    Forward,
+    /// A control frame (ARP/ND) used or ignored: recycle the buffer.
+    Consumed,
+    /// Copied into the neighbour queue: recycle the buffer.
+    Held,
+    Drop(DropReason),
+}
+
+/// Limits of the neighbour table.
+#[derive(Clone, Copy, Debug)]
+pub struct NeighbourLimits {
+    pub entries: usize,
+    /// Frames held per unresolved neighbour.
+    pub pending_per_entry: usize,
+    /// Interval between solicitations, and how many before giving up.
+    pub retry: Duration,
+    pub tries: u8,
+}
+
+impl Default for NeighbourLimits {
+    fn default() -> Self {
+        Self {
+            entries: 65536,
+            pending_per_entry: 16,
+            retry: Duration::from_millis(500),
+            tries: 6,
+        }
+    }
+}
+
+struct Neighbour {
+    mac: Option<[u8; 6]>,
+    side: usize,
+    asked: Instant,
+    tries: u8,
+    pending: Vec<Vec<u8>>,
+}
+
+pub struct Forwarder {
+    sides: [Side; 2],
+    neighbours: AHashMap<IpAddr, Neighbour>,
+    limits: NeighbourLimits,
+    /// Frames dropped while held, by reason (the worker adds them to its counters).
+    pub dropped_held: [u64; DropReason::COUNT],
+}
+
+impl Forwarder {
+    pub fn new(sides: [Side; 2], limits: NeighbourLimits) -> Self {
+        Self {
+            sides,
+            neighbours: AHashMap::new(),
+            limits,
+            dropped_held: [0; DropReason::COUNT],
+        }
+    }
+
+    /// The side whose prefixes contain `ip` (longest prefix wins).
+    pub fn side_of(&self, ip: IpAddr) -> Option<usize> {
+        let mut best: Option<(usize, u8)> = None;
+        for (i, side) in self.sides.iter().enumerate() {
+            for p in &side.prefixes {
+                if p.contains(&ip) && best.is_none_or(|(_, len)| p.prefix_len() > len) {
+                    best = Some((i, p.prefix_len()));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The MAC a neighbour resolved to, if it has.
+    pub fn neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
+        self.neighbours.get(&ip).and_then(|n| n.mac)
+    }
+
+    /// Handles one received frame. Frames to send besides it (solicitations, released
+    /// frames) are appended to `out`.
+    pub fn process(&mut self, f: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        let Some((ethertype, l3)) = frame::l2(f) else {
+            return Verdict::Drop(DropReason::Truncated);
+        };
+        match ethertype {
+            ETH_P_IPV4 => self.ipv4(f, l3, now, out),
+            ETH_P_IPV6 => self.ipv6(f, l3, now, out),
+            ETH_P_ARP => {
+                self.arp(f, l3, out);
+                Verdict::Consumed
+            }
+            _ => Verdict::Drop(DropReason::NotIp),
+        }
+    }
+
+    fn ipv4(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        let ip = &mut f[l3..];
+        if ip.len() < 20 {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if ip[0] >> 4 != 4 || ihl < 20 {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        if ip.len() < ihl {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+        let Some(side) = self.side_of(dst) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if ip[8] <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        frame::decrement_ttl_v4(ip);
+        self.to_neighbour(f, side, dst, now, out)
+    }
+
+    fn ipv6(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        let ip = &mut f[l3..];
+        if ip.len() < 40 {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        if ip[0] >> 4 != 6 {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        // Neighbour discovery addressed to the group reaches members broadcast by the
+        // orchestrator: learn from advertisements, ignore the rest.
+        if ip[6] == frame::IPPROTO_ICMPV6 && ip.len() >= 41 && (133..=137).contains(&ip[40]) {
+            if let Some((target, mac)) = frame::parse_na(ip) {
+                self.learn(IpAddr::V6(target), mac, out);
+            }
+            return Verdict::Consumed;
+        }
+        let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()));
+        let Some(side) = self.side_of(dst) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if ip[7] <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        ip[7] -= 1;
+        self.to_neighbour(f, side, dst, now, out)
+    }
+
+    fn arp(&mut self, f: &[u8], l3: usize, out: &mut Vec<Vec<u8>>) {
+        let Some(arp) = frame::parse_arp(&f[l3..]) else {
+            return;
+        };
+        let ours = self.sides.iter().any(|s| s.gw_v4 == Some(arp.tpa));
+        let asked = self.neighbours.contains_key(&IpAddr::V4(arp.spa));
+        if ours || asked {
+            self.learn(IpAddr::V4(arp.spa), arp.sha, out);
+        }
+    }
+
+    /// Records that `ip` is at `mac` (only for addresses on one of our sides) and releases
+    /// the frames that waited for it.
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6], out: &mut Vec<Vec<u8>>) {
+        let Some(side) = self.side_of(ip) else { return };
+        if mac[0] & 1 != 0 {
+            return;
+        }
+        let vmac = self.sides[side].vmac;
+        let room = self.neighbours.len() < self.limits.entries;
+        match self.neighbours.get_mut(&ip) {
+            Some(n) => {
+                n.mac = Some(mac);
+                n.side = side;
+                for mut p in n.pending.drain(..) {
+                    frame::set_macs(&mut p, mac, vmac);
+                    out.push(p);
+                }
+            }
+            None if room => {
+                self.neighbours.insert(
+                    ip,
+                    Neighbour {
+                        mac: Some(mac),
+                        side,
+                        asked: Instant::now(),
+                        tries: 0,
+                        pending: Vec::new(),
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn to_neighbour(
+        &mut self,
+        f: &mut [u8],
+        side: usize,
+        next_hop: IpAddr,
+        now: Instant,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Verdict {
+        let vmac = self.sides[side].vmac;
+        let pending_max = self.limits.pending_per_entry;
+        if let Some(n) = self.neighbours.get_mut(&next_hop) {
+            if let Some(mac) = n.mac {
+                frame::set_macs(f, mac, vmac);
+                return Verdict::Forward;
+            }
+            if n.pending.len() >= pending_max {
+                return Verdict::Drop(DropReason::NeighbourQueueFull);
+            }
+            n.pending.push(f.to_vec());
+            return Verdict::Held;
+        }
+        if self.neighbours.len() >= self.limits.entries {
+            return Verdict::Drop(DropReason::NeighbourQueueFull);
+        }
+        if let Some(s) = self.solicitation(side, next_hop) {
+            out.push(s);
+        }
+        self.neighbours.insert(
+            next_hop,
+            Neighbour {
+                mac: None,
+                side,
+                asked: now,
+                tries: 1,
+                pending: vec![f.to_vec()],
+            },
+        );
+        Verdict::Held
+    }
+
+    fn solicitation(&self, side: usize, ip: IpAddr) -> Option<Vec<u8>> {
+        let s = &self.sides[side];
+        match ip {
+            IpAddr::V4(t) => s.gw_v4.map(|gw| frame::arp_request(s.vmac, gw, t)),
+            IpAddr::V6(t) => s.gw_v6.map(|gw| frame::neighbour_solicitation(s.vmac, gw, t)),
+        }
+    }
+
+    /// Asks again for neighbours still unresolved, and gives up (dropping what they held)
+    /// after the configured tries. Call it a few times a second.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        let mut again = Vec::new();
+        let mut dropped = 0u64;
+        let limits = self.limits;
+        self.neighbours.retain(|ip, n| {
+            if n.mac.is_some() || now.duration_since(n.asked) < limits.retry {
+                return true;
+            }
+            if n.tries >= limits.tries {
+                dropped += n.pending.len() as u64;
+                return false;
+            }
+            n.tries += 1;
+            n.asked = now;
+            again.push((n.side, *ip));
+            true
+        });
+        self.dropped_held[DropReason::NeighbourUnreachable as usize] += dropped;
+        for (side, ip) in again {
+            if let Some(s) = self.solicitation(side, ip) {
+                out.push(s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+    const INT_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+    const VMAC: [[u8; 6]; 2] = [[0x02, 0xba, 0x70, 0, 1, 0], [0x02, 0xba, 0x70, 0, 1, 1]];
+
+    fn forwarder() -> Forwarder {
+        let side = |i: usize, v4: &str, v6: &str, p4: &str, p6: &str| Side {
+            vmac: VMAC[i],
+            gw_v4: Some(v4.parse().unwrap()),
+            gw_v6: Some(v6.parse().unwrap()),
+            prefixes: vec![p4.parse().unwrap(), p6.parse().unwrap()],
+        };
+        Forwarder::new(
+            [
+                side(0, "198.18.0.254", "2001:db8:18::fe", "198.18.0.0/24", "2001:db8:18::/64"),
+                side(1, "198.19.0.254", "2001:db8:19::fe", "198.19.0.0/24", "2001:db8:19::/64"),
+            ],
+            NeighbourLimits::default(),
+        )
+    }
+
+    fn udp4(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(HOST_MAC, VMAC[0])
+            .ipv4(src, dst, ttl)
+            .udp(1000, 2000);
+        let mut v = Vec::new();
+        b.write(&mut v, b"hello").unwrap();
+        v
+    }
+
+    fn arp_reply(spa: [u8; 4], sha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[0..6].copy_from_slice(&VMAC[1]);
+        f[6..12].copy_from_slice(&sha);
+        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&spa);
+        f[32..38].copy_from_slice(&VMAC[1]);
+        f[38..42].copy_from_slice(&tpa);
+        f
+    }
+
+    #[test]
+    fn holds_until_arp_answers_then_forwards_with_rewritten_headers() {
+        let mut fw = forwarder();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Held);
+        // One ARP request, from the internal side's virtual MAC and gateway address.
+        assert_eq!(out.len(), 1);
+        let req = frame::parse_arp(&out[0][14..]).unwrap();
+        assert_eq!(req.oper, 1);
+        assert_eq!(req.spa, Ipv4Addr::new(198, 19, 0, 254));
+        assert_eq!(req.tpa, Ipv4Addr::new(198, 19, 0, 1));
+        assert_eq!(&out[0][6..12], &VMAC[1]);
+        out.clear();
+
+        let mut reply = arp_reply([198, 19, 0, 1], INT_HOST_MAC, [198, 19, 0, 254]);
+        assert_eq!(fw.process(&mut reply, now, &mut out), Verdict::Consumed);
+        assert_eq!(out.len(), 1, "the held frame is released");
+        let p = &out[0];
+        assert_eq!(&p[0..6], &INT_HOST_MAC);
+        assert_eq!(&p[6..12], &VMAC[1]);
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&p[14..]).unwrap();
+        assert_eq!(ip.ttl(), 63);
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+
+        // The next frame goes straight through.
+        out.clear();
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 9);
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Forward);
+        assert!(out.is_empty());
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&f[14..]).unwrap();
+        assert_eq!(ip.ttl(), 8);
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+    }
+
+    #[test]
+    fn ipv6_resolves_by_neighbour_solicitation() {
+        let mut fw = forwarder();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let src: Ipv6Addr = "2001:db8:19::1".parse().unwrap();
+        let dst: Ipv6Addr = "2001:db8:18::2".parse().unwrap();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(INT_HOST_MAC, VMAC[1])
+            .ipv6(src.octets(), dst.octets(), 64)
+            .tcp(5000, 80, 1, 1000)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Held);
+        assert_eq!(out.len(), 1);
+        let ns = &out[0];
+        // Solicited-node multicast of the target, checksum valid.
+        assert_eq!(&ns[0..6], &[0x33, 0x33, 0xff, 0, 0, 2]);
+        let sliced = etherparse::SlicedPacket::from_ethernet(ns).unwrap();
+        match sliced.transport {
+            Some(etherparse::TransportSlice::Icmpv6(icmp)) => {
+                assert_eq!(icmp.type_u8(), 135);
+                let ip = match sliced.net {
+                    Some(etherparse::NetSlice::Ipv6(ip)) => ip,
+                    _ => panic!("not ipv6"),
+                };
+                let expected = icmp
+                    .icmp_type()
+                    .calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload())
+                    .unwrap();
+                assert_eq!(icmp.checksum(), expected, "NS checksum");
+            }
+            other => panic!("not icmpv6: {other:?}"),
+        }
+        // The advertisement comes back (broadcast by the orchestrator).
+        let host_mac = [0x02, 0, 0, 0, 0, 0x33];
+        let na = frame::neighbour_advertisement(host_mac, dst, VMAC[0], "2001:db8:18::fe".parse().unwrap());
+        let mut na = na;
+        out.clear();
+        assert_eq!(fw.process(&mut na, now, &mut out), Verdict::Consumed);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][0..6], &host_mac);
+        assert_eq!(&out[0][6..12], &VMAC[0]);
+        assert_eq!(out[0][14 + 7], 63, "hop limit decremented");
+    }
+
+    #[test]
+    fn drops_are_classified() {
+        let mut fw = forwarder();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert_eq!(
+            fw.process(&mut [0u8; 10], now, &mut out),
+            Verdict::Drop(DropReason::Truncated)
+        );
+        let mut f = udp4([198, 18, 0, 1], [203, 0, 113, 1], 64);
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::NoRoute));
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 1);
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::TtlExceeded));
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
+        f[14] = 0x43; // IHL 3
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::Malformed));
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
+        f.truncate(20);
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::Truncated));
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::NotIp));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_frames_are_bounded_and_given_up() {
+        let limits = NeighbourLimits {
+            pending_per_entry: 2,
+            retry: Duration::from_millis(10),
+            tries: 2,
+            ..Default::default()
+        };
+        let mut fw = forwarder();
+        fw.limits = limits;
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 9], 64);
+            assert_eq!(fw.process(&mut f, t0, &mut out), Verdict::Held);
+        }
+        let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 9], 64);
+        assert_eq!(
+            fw.process(&mut f, t0, &mut out),
+            Verdict::Drop(DropReason::NeighbourQueueFull)
+        );
+        assert_eq!(out.len(), 1);
+        fw.tick(t0 + Duration::from_millis(20), &mut out);
+        assert_eq!(out.len(), 2, "asked again");
+        fw.tick(t0 + Duration::from_millis(40), &mut out);
+        assert_eq!(fw.dropped_held[DropReason::NeighbourUnreachable as usize], 2);
+        assert!(fw.neighbour("198.19.0.9".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,10 @@
+//! Baton's data plane: the embedded eBPF programs and their loader, a member's AF_XDP data
+//! port and the forwarding it does.
+
+pub mod error;
+pub mod forward;
+pub mod frame;
+pub mod loader;
+pub mod port;
+
+pub use error::{LoadError, PortError};

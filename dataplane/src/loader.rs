@@ -1,0 +1,265 @@
+//! Loads the embedded eBPF object and attaches its programs: `distribute` and `egress` on
+//! an orchestrator, `steer` on a member. Owns the maps user space writes (bucket table,
+//! ports, group settings) and reads (counters).
+
+use std::{ffi::CString, os::fd::AsRawFd};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use baton_common::{
+    bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GroupConf,
+    MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX, MEMBER_ID_MAX,
+};
+
+use crate::error::LoadError;
+
+/// The eBPF object built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baton-ebpf"));
+
+/// Interface index of `name`, or a clear error.
+pub fn ifindex(name: &str) -> Result<u32, LoadError> {
+    let c = CString::new(name).map_err(|_| LoadError::NoSuchInterface(name.to_string()))?;
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(LoadError::NoSuchInterface(name.to_string()));
+    }
+    Ok(idx)
+}
+
+fn load_object() -> Result<Ebpf, LoadError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    EbpfLoader::new().load(EBPF_OBJECT).map_err(LoadError::from)
+}
+
+fn attach(ebpf: &mut Ebpf, prog: &'static str, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
+    ifindex(iface)?;
+    let p: &mut Xdp = ebpf
+        .program_mut(prog)
+        .ok_or(LoadError::MissingProgram(prog))?
+        .try_into()
+        .map_err(|e| LoadError::Program(prog, e))?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| LoadError::Program(prog, e))?;
+    }
+    p.attach(iface, mode).map_err(|e| LoadError::Attach {
+        prog,
+        iface: iface.to_string(),
+        source: e,
+    })?;
+    Ok(())
+}
+
+fn map<'a, T: TryFrom<&'a mut aya::maps::Map>>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    ebpf.map_mut(name)
+        .ok_or(LoadError::MissingMap(name))?
+        .try_into()
+        .map_err(|_| LoadError::MissingMap(name))
+}
+
+fn map_ro<'a, T: TryFrom<&'a aya::maps::Map>>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    ebpf.map(name)
+        .ok_or(LoadError::MissingMap(name))?
+        .try_into()
+        .map_err(|_| LoadError::MissingMap(name))
+}
+
+/// The orchestrator's programs and maps. Dropping it detaches the programs.
+pub struct Orchestrator {
+    ebpf: Ebpf,
+    mode: XdpMode,
+}
+
+impl Orchestrator {
+    /// Loads the object. `driver` selects native XDP (the default on veth and real NICs);
+    /// otherwise the kernel chooses.
+    pub fn load(driver: bool) -> Result<Self, LoadError> {
+        Ok(Self {
+            ebpf: load_object()?,
+            mode: if driver { XdpMode::Driver } else { XdpMode::Default },
+        })
+    }
+
+    /// Configures and attaches `distribute` to an uplink.
+    pub fn attach_uplink(&mut self, iface: &str, conf: UplinkConf) -> Result<u32, LoadError> {
+        let idx = ifindex(iface)?;
+        if conf.group >= GROUPS_MAX {
+            return Err(LoadError::Config(format!("group index {} out of range", conf.group)));
+        }
+        let mut uplinks: HashMap<&mut MapData, u32, UplinkConf> = map(&mut self.ebpf, names::UPLINKS)?;
+        uplinks.insert(idx, conf, 0)?;
+        let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::UPLINK_PORTS)?;
+        ports.insert(idx, idx, None, 0)?;
+        attach(&mut self.ebpf, programs::DISTRIBUTE, iface, self.mode)?;
+        Ok(idx)
+    }
+
+    /// Configures and attaches `egress` to the downlink towards one member.
+    pub fn attach_downlink(&mut self, iface: &str, conf: DownlinkConf) -> Result<u32, LoadError> {
+        let idx = ifindex(iface)?;
+        let mut downlinks: HashMap<&mut MapData, u32, DownlinkConf> =
+            map(&mut self.ebpf, names::DOWNLINKS)?;
+        downlinks.insert(idx, conf, 0)?;
+        attach(&mut self.ebpf, programs::EGRESS, iface, self.mode)?;
+        Ok(idx)
+    }
+
+    pub fn set_group(&mut self, group: u32, conf: GroupConf) -> Result<(), LoadError> {
+        let mut groups: Array<&mut MapData, GroupConf> = map(&mut self.ebpf, names::GROUPS)?;
+        groups.set(group, conf, 0)?;
+        Ok(())
+    }
+
+    pub fn group(&self, group: u32) -> Result<GroupConf, LoadError> {
+        let groups: Array<&MapData, GroupConf> = map_ro(&self.ebpf, names::GROUPS)?;
+        Ok(groups.get(&group, 0)?)
+    }
+
+    /// Installs a new bucket table for `group`: writes it into the table that is not live,
+    /// then flips the group's `table` word, so no CPU ever sees a half-written table.
+    pub fn install_buckets(&mut self, group: u32, table: &[Bucket]) -> Result<(), LoadError> {
+        let n = table.len() as u32;
+        if !n.is_power_of_two() || n > BUCKETS_PER_GROUP_MAX {
+            return Err(LoadError::Config(format!(
+                "bucket count {n} must be a power of two up to {BUCKETS_PER_GROUP_MAX}"
+            )));
+        }
+        let mut conf = self.group(group)?;
+        let next = conf.table ^ 1;
+        {
+            let mut buckets: Array<&mut MapData, Bucket> = map(&mut self.ebpf, names::BUCKETS)?;
+            for (i, b) in table.iter().enumerate() {
+                buckets.set(bucket_index(next, group, i as u32), *b, 0)?;
+            }
+        }
+        conf.table = next;
+        conf.mask = n - 1;
+        self.set_group(group, conf)
+    }
+
+    /// The live bucket table of `group`.
+    pub fn buckets(&self, group: u32) -> Result<Vec<Bucket>, LoadError> {
+        let conf = self.group(group)?;
+        let buckets: Array<&MapData, Bucket> = map_ro(&self.ebpf, names::BUCKETS)?;
+        (0..=conf.mask)
+            .map(|i| Ok(buckets.get(&bucket_index(conf.table, group, i), 0)?))
+            .collect()
+    }
+
+    /// Makes member `id` reachable through downlink `ifindex` (it is Active).
+    pub fn add_member_port(&mut self, id: u32, ifindex: u32) -> Result<(), LoadError> {
+        check_member(id)?;
+        let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_PORTS)?;
+        ports.insert(id, ifindex, None, 0)?;
+        Ok(())
+    }
+
+    /// Stops sending to member `id` (it left Active).
+    pub fn remove_member_port(&mut self, id: u32) -> Result<(), LoadError> {
+        check_member(id)?;
+        let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_PORTS)?;
+        match ports.remove(id) {
+            Ok(()) => Ok(()),
+            // Not there: already removed.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Per-member counters summed over CPUs.
+    pub fn member_stats(&self, id: u32) -> Result<MemberStats, LoadError> {
+        check_member(id)?;
+        let stats: PerCpuArray<&MapData, MemberStats> = map_ro(&self.ebpf, names::MEMBER_STATS)?;
+        let mut sum = MemberStats::default();
+        for s in stats.get(&id, 0)?.iter() {
+            sum.to_member_packets += s.to_member_packets;
+            sum.to_member_bytes += s.to_member_bytes;
+            sum.from_member_packets += s.from_member_packets;
+            sum.from_member_bytes += s.from_member_bytes;
+        }
+        Ok(sum)
+    }
+
+    /// Per-uplink counters summed over CPUs.
+    pub fn uplink_stats(&self, slot: u32) -> Result<UplinkStats, LoadError> {
+        let stats: PerCpuArray<&MapData, UplinkStats> = map_ro(&self.ebpf, names::UPLINK_STATS)?;
+        let mut sum = UplinkStats::default();
+        for s in stats.get(&slot, 0)?.iter() {
+            sum.rx_packets += s.rx_packets;
+            sum.rx_bytes += s.rx_bytes;
+            sum.tx_packets += s.tx_packets;
+            sum.tx_bytes += s.tx_bytes;
+        }
+        Ok(sum)
+    }
+
+    /// Event and drop counters (see [`baton_common::event`]) summed over CPUs.
+    pub fn events(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
+        sum_counters(&self.ebpf, names::EVENTS, &event::NAMES)
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn check_member(id: u32) -> Result<(), LoadError> {
+    if id == 0 || id > MEMBER_ID_MAX {
+        return Err(LoadError::Config(format!(
+            "member id {id} out of range 1..={MEMBER_ID_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+fn sum_counters(
+    ebpf: &Ebpf,
+    name: &'static str,
+    labels: &[&'static str],
+) -> Result<Vec<(&'static str, u64)>, LoadError> {
+    let counters: PerCpuArray<&MapData, u64> = map_ro(ebpf, name)?;
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| Ok((*label, counters.get(&(i as u32), 0)?.iter().sum())))
+        .collect()
+}
+
+/// A member's `steer` program on its data port, with the socket map it redirects to.
+pub struct Member {
+    ebpf: Ebpf,
+}
+
+impl Member {
+    pub fn load() -> Result<Self, LoadError> {
+        Ok(Self { ebpf: load_object()? })
+    }
+
+    pub fn attach_steer(&mut self, iface: &str, driver: bool) -> Result<(), LoadError> {
+        let mode = if driver { XdpMode::Driver } else { XdpMode::Default };
+        attach(&mut self.ebpf, programs::STEER, iface, mode)
+    }
+
+    /// Points queue `queue`'s entry of the socket map at an AF_XDP socket.
+    pub fn register_socket(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), LoadError> {
+        let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, names::XSKS)?;
+        xsks.set(queue, fd.as_raw_fd(), 0)?;
+        Ok(())
+    }
+
+    /// `steer` counters: (frames handed to a socket, frames with no socket).
+    pub fn steer_stats(&self) -> Result<(u64, u64), LoadError> {
+        let c = sum_counters(&self.ebpf, names::STEER_STATS, &["to_socket", "no_socket"])?;
+        Ok((c[steer_stat::TO_SOCKET as usize].1, c[steer_stat::NO_SOCKET as usize].1))
+    }
+}

@@ -1,0 +1,247 @@
+//! A member's data port: one AF_XDP socket (xsk-rs) on one queue, its UMEM and the worker
+//! loop that receives a batch, runs the [`Forwarder`] on each frame in place and sends the
+//! batch back out of the same port. The rings and UMEM are owned by the worker thread.
+
+use std::{
+    num::NonZeroU32,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use xsk_rs::{
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    FrameDesc, Socket, Umem,
+};
+
+use crate::{
+    error::PortError,
+    forward::{DropReason, Forwarder, Verdict},
+    loader::Member,
+};
+
+/// AF_XDP settings of a data port.
+#[derive(Clone, Debug)]
+pub struct PortConfig {
+    pub iface: String,
+    pub queue: u32,
+    /// UMEM frames: the fill ring's worth for receiving plus as many for sending.
+    pub frames: u32,
+    /// Size of each ring (fill, completion, RX, TX); a power of two.
+    pub ring: u32,
+    pub frame_size: u32,
+    /// Frames handled per batch.
+    pub batch: usize,
+    /// How long `poll` waits when there is nothing to do.
+    pub poll_timeout: Duration,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        Self {
+            iface: "dl0".into(),
+            queue: 0,
+            frames: 4096,
+            ring: 2048,
+            frame_size: 2048,
+            batch: 64,
+            poll_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Counters a port shares with the rest of the member (heartbeats, `baton stat`).
+#[derive(Default, Debug)]
+pub struct PortStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+    /// Frames that could not be sent for lack of a free UMEM frame or TX slot.
+    pub tx_full: AtomicU64,
+}
+
+impl PortStats {
+    pub fn drops_total(&self) -> u64 {
+        self.drops.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Runs the port until `stop` is set. `ready` is called once the socket receives.
+pub fn run(
+    cfg: &PortConfig,
+    member: &mut Member,
+    mut fwd: Forwarder,
+    stats: Arc<PortStats>,
+    stop: Arc<AtomicBool>,
+    ready: impl FnOnce(),
+) -> Result<(), PortError> {
+    let ring = QueueSize::new(cfg.ring).map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
+    if cfg.frames < 2 * cfg.ring {
+        return Err(PortError::Config(format!(
+            "frames ({}) must be at least twice the ring size ({})",
+            cfg.frames, cfg.ring
+        )));
+    }
+    let frame_size = FrameSize::new(cfg.frame_size)
+        .map_err(|e| PortError::Config(format!("frame size {}: {e}", cfg.frame_size)))?;
+    let umem_cfg = UmemConfig::builder()
+        .frame_size(frame_size)
+        .fill_queue_size(ring)
+        .comp_queue_size(ring)
+        .build()
+        .map_err(|e| PortError::Config(e.to_string()))?;
+    let count = NonZeroU32::new(cfg.frames).ok_or_else(|| PortError::Config("frames must be > 0".into()))?;
+    let (umem, descs) = Umem::new(umem_cfg, count, false).map_err(|e| PortError::Umem {
+        frames: cfg.frames,
+        frame_size: cfg.frame_size,
+        detail: e.to_string(),
+    })?;
+    let sock_cfg = SocketConfig::builder()
+        .rx_queue_size(ring)
+        .tx_queue_size(ring)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+        .build();
+    let iface: Interface = cfg
+        .iface
+        .parse()
+        .map_err(|_| PortError::Config(format!("bad interface name {:?}", cfg.iface)))?;
+    // SAFETY: the UMEM outlives the socket (both live until this function returns).
+    let (mut tx, mut rx, fq_cq) = unsafe { Socket::new(sock_cfg, &umem, &iface, cfg.queue) }
+        .map_err(|e| PortError::Socket {
+            iface: cfg.iface.clone(),
+            queue: cfg.queue,
+            detail: e.to_string(),
+        })?;
+    let (mut fq, mut cq) = fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
+    member.register_socket(cfg.queue, rx.fd().as_raw_fd())?;
+
+    // Half the frames wait in the fill ring for packets; the other half are free for frames
+    // we originate (ARP/ND, released frames).
+    let (to_fill, free) = descs.split_at(cfg.ring as usize);
+    let mut free: Vec<FrameDesc> = free.to_vec();
+    let filled = unsafe { fq.produce(to_fill) };
+    if filled != to_fill.len() {
+        return Err(PortError::Config(format!(
+            "fill ring took {filled} of {} frames",
+            to_fill.len()
+        )));
+    }
+    ready();
+    tracing::info!(iface = %cfg.iface, queue = cfg.queue, "data port up");
+
+    let mut batch = vec![free[0]; cfg.batch];
+    let mut send: Vec<FrameDesc> = Vec::with_capacity(cfg.batch * 2);
+    let mut recycle: Vec<FrameDesc> = Vec::with_capacity(cfg.batch);
+    let mut comp = vec![free[0]; cfg.ring as usize];
+    let mut extra: Vec<Vec<u8>> = Vec::new();
+    let mut last_tick = Instant::now();
+    let poll_ms = cfg.poll_timeout.as_millis() as i32;
+    let (mut rxp, mut rxb, mut txp, mut txb) = (0u64, 0u64, 0u64, 0u64);
+    let mut drops = [0u64; DropReason::COUNT];
+
+    while !stop.load(Ordering::Relaxed) {
+        // Frames the kernel finished sending are free again.
+        let n = unsafe { cq.consume(&mut comp) };
+        free.extend_from_slice(&comp[..n]);
+
+        let n = unsafe { rx.consume(&mut batch) };
+        let now = Instant::now();
+        if n == 0 {
+            if fq.needs_wakeup() {
+                fq.wakeup(rx.fd_mut(), 0)?;
+            }
+            if now.duration_since(last_tick) >= Duration::from_millis(100) {
+                last_tick = now;
+                fwd.tick(now, &mut extra);
+            }
+            if extra.is_empty() {
+                rx.poll(poll_ms)?;
+            }
+        }
+        for desc in batch.iter_mut().take(n) {
+            let len = desc.lengths().data();
+            rxp += 1;
+            rxb += len as u64;
+            let verdict = {
+                let mut data = unsafe { umem.data_mut(desc) };
+                fwd.process(data.contents_mut(), now, &mut extra)
+            };
+            match verdict {
+                Verdict::Forward => {
+                    txp += 1;
+                    txb += len as u64;
+                    send.push(*desc);
+                }
+                Verdict::Consumed | Verdict::Held => recycle.push(*desc),
+                Verdict::Drop(r) => {
+                    drops[r as usize] += 1;
+                    recycle.push(*desc);
+                }
+            }
+        }
+        // Frames we originate go out in frames from the free pool.
+        for pkt in extra.drain(..) {
+            let Some(mut desc) = free.pop() else {
+                stats.tx_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            {
+                let mut data = unsafe { umem.data_mut(&mut desc) };
+                let mut cur = data.cursor();
+                cur.set_pos(0);
+                if std::io::Write::write_all(&mut cur, &pkt).is_err() {
+                    free.push(desc);
+                    continue;
+                }
+            }
+            txp += 1;
+            txb += pkt.len() as u64;
+            send.push(desc);
+        }
+        if !send.is_empty() {
+            let sent = unsafe { tx.produce_and_wakeup(&send)? };
+            if sent < send.len() {
+                // TX ring full: give the frames back rather than wait.
+                stats.tx_full.fetch_add((send.len() - sent) as u64, Ordering::Relaxed);
+                recycle.extend_from_slice(&send[sent..]);
+            }
+            send.clear();
+        } else if tx.needs_wakeup() {
+            tx.wakeup()?;
+        }
+        // Received frames we are done with go back to the fill ring; so do free frames
+        // beyond what sending needs, so that reception never starves.
+        if !recycle.is_empty() {
+            let k = unsafe { fq.produce(&recycle) };
+            if k == 0 {
+                free.extend_from_slice(&recycle);
+            }
+            recycle.clear();
+        }
+        if free.len() > cfg.ring as usize {
+            let spare = free.len() - cfg.ring as usize;
+            let want = fq.nb_free(spare as u32) as usize;
+            if want > 0 {
+                let at = free.len() - want.min(spare);
+                if unsafe { fq.produce(&free[at..]) } > 0 {
+                    free.truncate(at);
+                }
+            }
+        }
+
+        stats.rx_packets.store(rxp, Ordering::Relaxed);
+        stats.rx_bytes.store(rxb, Ordering::Relaxed);
+        stats.tx_packets.store(txp, Ordering::Relaxed);
+        stats.tx_bytes.store(txb, Ordering::Relaxed);
+        for (i, d) in drops.iter().enumerate() {
+            stats.drops[i].store(d + fwd.dropped_held[i], Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}

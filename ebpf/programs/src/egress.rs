@@ -1,0 +1,61 @@
+//! `egress`: an orchestrator downlink's ingress (frames a member sends back). Unicast goes
+//! to the uplink its destination MAC was learned on; broadcast, multicast and unknown
+//! destinations go to the flood uplink of the side whose virtual MAC the member used as
+//! source.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use baton_common::{event, MacKey};
+
+use crate::{
+    maps::{count, DOWNLINKS, EVENTS, GROUPS, MACS, MEMBER_STATS, UPLINK_PORTS},
+    parse::{ptr_at, EthHdr},
+};
+
+#[xdp]
+pub fn egress(ctx: XdpContext) -> u32 {
+    match try_egress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(&EVENTS, reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let dl = match unsafe { DOWNLINKS.get(&ifindex) } {
+        Some(dl) => *dl,
+        None => return Err(event::DROP_UNKNOWN_PORT),
+    };
+    if let Some(s) = MEMBER_STATS.get_ptr_mut(dl.member) {
+        unsafe {
+            (*s).from_member_packets += 1;
+            (*s).from_member_bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
+    if dst[0] & 1 == 0 {
+        let k = MacKey { mac: dst, _pad: [0; 2] };
+        if let Some(out) = unsafe { MACS.get(&k) } {
+            return UPLINK_PORTS
+                .redirect(*out, 0)
+                .map_err(|_| event::DROP_REDIRECT);
+        }
+    }
+    let group = GROUPS.get(dl.group).ok_or(event::DROP_UNKNOWN_PORT)?;
+    let out = if src == group.vmac[0] {
+        group.flood_ifindex[0]
+    } else if src == group.vmac[1] {
+        group.flood_ifindex[1]
+    } else {
+        // A member sends only with a virtual MAC as source.
+        return Err(event::DROP_MALFORMED);
+    };
+    count(&EVENTS, event::L2_FLOODED);
+    UPLINK_PORTS
+        .redirect(out, 0)
+        .map_err(|_| event::DROP_REDIRECT)
+}
