@@ -1,1 +1,12 @@
+//! Baton's control plane: configuration, membership and SMO election, bucket planning,
+//! the CCP heartbeat messages, the REST API documents and client, and the lab.
+//! The protocol logic is sans-IO so it is tested without root; the daemons in the `baton`
+//! binary are thin loops around it.
 
+pub mod api;
+pub mod ccp;
+pub mod config;
+pub mod lab;
+pub mod membership;
+pub mod planner;
+pub mod search;

@@ -16,7 +16,8 @@ use baton_common::{
 
 use crate::{
     maps::{
-        count, BUCKETS, EVENTS, GROUPS, MACS, MEMBER_PORTS, MEMBER_STATS, UPLINKS, UPLINK_STATS,
+        count, BUCKETS, EVENTS, GROUPS, MACS, MEMBER_PORTS, MEMBER_STATS, UPLINKS, UPLINK_PORTS,
+        UPLINK_STATS,
     },
     parse::*,
 };
@@ -129,6 +130,16 @@ fn to_members() -> Result<u32, u32> {
         .map_err(|_| event::DROP_REDIRECT)
 }
 
+/// Sends a frame rewritten in place back out of the port it came in on. A devmap redirect
+/// rather than XDP_TX: on veth, XDP_TX frames are only flushed to a peer that runs an XDP
+/// program itself, while a devmap redirect flushes to any peer with NAPI (GRO) on.
+#[inline(always)]
+fn reply(ctx: &XdpContext) -> Result<u32, u32> {
+    UPLINK_PORTS
+        .redirect(ctx.ingress_ifindex() as u32, 0)
+        .map_err(|_| event::DROP_REDIRECT)
+}
+
 #[inline(always)]
 fn arp(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<u32, u32> {
     let h: *mut ArpHdr = ptr_at(ctx, off)?;
@@ -152,7 +163,7 @@ fn arp(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<u32, u32> {
         (*eth).src = up.vmac;
     }
     count(&EVENTS, event::ARP_REPLIED);
-    Ok(xdp_action::XDP_TX)
+    reply(ctx)
 }
 
 #[inline(always)]
@@ -351,5 +362,5 @@ fn neighbour_solicitation(
         (*eth).src = up.vmac;
     }
     count(&EVENTS, event::ND_REPLIED);
-    Ok(xdp_action::XDP_TX)
+    reply(ctx)
 }

@@ -1,0 +1,165 @@
+//! The REST API: the documents it serves and a small client over the orchestrator's Unix
+//! socket (the CLI speaks only this).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::membership::MemberState;
+
+/// `GET /v1/stat`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stat {
+    pub groups: Vec<GroupStat>,
+    pub uplinks: Vec<UplinkStat>,
+    /// Orchestrator XDP event and drop counters by name.
+    pub events: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GroupStat {
+    pub id: u32,
+    /// SMO master: the lowest Active member id (null when none is Active).
+    pub smo: Option<u32>,
+    pub buckets: u32,
+    pub members: Vec<MemberStat>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberStat {
+    pub id: u32,
+    pub state: MemberState,
+    pub smo: bool,
+    /// Frames the member received and sent on its data port (its own counters).
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub drops: u64,
+    pub connections: u64,
+    pub backup_connections: u64,
+    pub policy_version: u64,
+    /// Frames the orchestrator sent to the member and got back from it (XDP counters).
+    pub to_member_packets: u64,
+    pub from_member_packets: u64,
+    /// Buckets the member is active / backup for.
+    pub buckets_active: u32,
+    pub buckets_backup: u32,
+    /// Milliseconds since its last heartbeat (null: never heard).
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UplinkStat {
+    pub iface: String,
+    pub group: u32,
+    pub role: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+/// `GET /v1/search?src=…&dst=…[&sport=…&dport=…&proto=…]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SearchResult {
+    pub group: u32,
+    pub bucket: u32,
+    pub active: Option<u32>,
+    pub backup: Option<u32>,
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(
+        "no orchestrator answers on {0} (is the lab up — `baton lab up` — or `baton orchestrator` \
+         running?)"
+    )]
+    NotRunning(PathBuf),
+    #[error("{message} (HTTP {status})")]
+    Status { status: u16, message: String },
+    #[error("API I/O failed: {0}")]
+    Io(String),
+    #[error("unexpected answer from the API: {0}")]
+    Decode(String),
+}
+
+/// A client of the orchestrator's API on a Unix socket.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.call(Method::GET, path, None)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
+        let body = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        self.call(Method::POST, path, Some(body))
+    }
+
+    fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ApiError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ApiError::Io(e.to_string()))?;
+        let (status, bytes) = rt.block_on(request(&self.socket, method, path, body))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ApiError::Status { status: status.as_u16(), message });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+}
+
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes), ApiError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|_| ApiError::NotRunning(socket.to_path_buf()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ApiError::Io(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "baton")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| ApiError::Io(e.to_string()))?;
+    let res = sender.send_request(req).await.map_err(|e| ApiError::Io(e.to_string()))?;
+    let status = res.status();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Io(e.to_string()))?
+        .to_bytes();
+    Ok((status, bytes))
+}

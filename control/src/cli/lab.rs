@@ -1,0 +1,43 @@
+//! `baton lab up|down`.
+
+use baton_control::lab::{self, LabOptions};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build the lab and start the orchestrator and members; returns when all are Active.
+    Up {
+        /// Number of members (1..=14).
+        #[arg(long, default_value_t = 3)]
+        sgms: u32,
+        /// Start the group with HyperSync off.
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Remove everything a lab made (safe to run any time).
+    Down,
+}
+
+pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up { sgms, no_sync } => {
+            let exe = std::env::current_exe()?;
+            let stat = lab::up(&LabOptions { sgms, sync: !no_sync, exe })?;
+            let g = &stat.groups[0];
+            println!(
+                "lab up: {} members active, SMO master {}; hosts bt-ext (198.18.0.1-63) and bt-int (198.19.0.1-63)",
+                g.members.len(),
+                g.smo.map_or("none".into(), |s| s.to_string())
+            );
+        }
+        LabCommand::Down => {
+            let removed = lab::down()?;
+            if removed.is_empty() {
+                println!("lab down: nothing to remove");
+            } else {
+                println!("lab down: removed {}", removed.join(", "));
+            }
+        }
+    }
+    Ok(())
+}

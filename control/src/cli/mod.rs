@@ -1,0 +1,80 @@
+//! Command-line parsing and dispatch.
+
+mod lab;
+mod search;
+mod stat;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::daemon;
+
+/// Exit code when no orchestrator answers (as opposed to 1, the command failed).
+pub const EXIT_NO_ORCHESTRATOR: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "Baton: a kernel-bypass packet distributor (a software Maestro)")]
+pub struct Cli {
+    /// The orchestrator's API socket.
+    #[arg(long, global = true, env = "BATON_API", default_value = "/run/baton/api.sock")]
+    api: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build or remove the lab topology (network namespaces on this machine).
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+    /// Show groups, members, states and counters.
+    Stat(stat::StatArgs),
+    /// Which member is active and which is backup for a connection.
+    Search(search::SearchArgs),
+    /// Run the orchestrator daemon.
+    Orchestrator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a member (SGM) daemon.
+    Sgm {
+        #[arg(long)]
+        config: PathBuf,
+        /// Member id (1..=63), as in the configuration.
+        #[arg(long)]
+        id: u32,
+        /// The member's data port.
+        #[arg(long, default_value = "dl0")]
+        data_port: String,
+        /// Core to pin the worker to.
+        #[arg(long)]
+        worker_core: Option<usize>,
+    },
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = baton_control::api::Client::new(cli.api);
+    let result = match cli.command {
+        Command::Lab { command } => lab::run(command),
+        Command::Stat(args) => stat::run(&client, args),
+        Command::Search(args) => search::run(&client, args),
+        Command::Orchestrator { config } => daemon::orchestrator::run(&config),
+        Command::Sgm { config, id, data_port, worker_core } => daemon::member::run(daemon::member::Options {
+            config: &config,
+            id,
+            data_port,
+            worker_core,
+        }),
+    };
+    match result {
+        Err(e) if matches!(e.downcast_ref(), Some(baton_control::api::ApiError::NotRunning(_))) => {
+            eprintln!("baton: {e:#}");
+            Ok(ExitCode::from(EXIT_NO_ORCHESTRATOR))
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,53 @@
+//! `baton stat`.
+
+use baton_control::api::{Client, Stat};
+use clap::Args;
+
+#[derive(Args)]
+pub struct StatArgs {
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
+    let stat: Stat = client.get("/v1/stat")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stat)?);
+        return Ok(());
+    }
+    for g in &stat.groups {
+        println!(
+            "group {}  smo {}  buckets {}",
+            g.id,
+            g.smo.map_or("-".into(), |s| s.to_string()),
+            g.buckets
+        );
+        println!(
+            "  {:>3} {:<9} {:>3} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7}",
+            "id", "state", "smo", "rx_packets", "tx_packets", "drops", "b_active", "b_backup", "policy"
+        );
+        for m in &g.members {
+            println!(
+                "  {:>3} {:<9} {:>3} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7}",
+                m.id,
+                format!("{:?}", m.state).to_lowercase(),
+                if m.smo { "*" } else { "" },
+                m.rx_packets,
+                m.tx_packets,
+                m.drops,
+                m.buckets_active,
+                m.buckets_backup,
+                m.policy_version
+            );
+        }
+    }
+    for u in &stat.uplinks {
+        println!("uplink {} ({}, group {}): rx {} packets, {} bytes", u.iface, u.role, u.group, u.rx_packets, u.rx_bytes);
+    }
+    let nonzero: Vec<String> = stat.events.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    if !nonzero.is_empty() {
+        println!("xdp events: {}", nonzero.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The configuration file shared by the orchestrator and its members (TOML): the
+//! orchestrator's management settings, and per security group its uplinks and members.
+//! Every struct rejects unknown fields, so a typo is an error, not a silently ignored line.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use baton_common::{key, side, MEMBER_ID_MAX};
+use baton_dataplane::forward::Side;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Limits from Maestro: members per site per group, appliances per orchestrator.
+pub const MEMBERS_PER_GROUP_MAX: usize = 14;
+pub const MEMBERS_PER_ORCHESTRATOR_MAX: usize = 52;
+/// The CCP (heartbeat) port.
+pub const CCP_PORT: u16 = 8116;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub orchestrator: OrchestratorConfig,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// Management settings of the orchestrator.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    /// Address members send heartbeats to (UDP, CCP port 8116).
+    #[serde(default = "default_ccp")]
+    pub ccp: SocketAddr,
+    /// Unix socket of the REST API.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Heartbeat interval in milliseconds.
+    #[serde(default = "default_interval")]
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeats missed in a row before a member is declared Down.
+    #[serde(default = "default_dead_count")]
+    pub dead_count: u32,
+    /// Attach XDP in driver (native) mode; otherwise let the kernel choose.
+    #[serde(default = "yes")]
+    pub xdp_driver_mode: bool,
+}
+
+fn default_ccp() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(198, 51, 100, 254), CCP_PORT))
+}
+pub fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/baton/api.sock")
+}
+fn default_interval() -> u64 {
+    100
+}
+fn default_dead_count() -> u32 {
+    3
+}
+fn yes() -> bool {
+    true
+}
+fn default_buckets() -> u32 {
+    4096
+}
+
+/// Distribution mode of a group (Maestro's names).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Both addresses, order-independent.
+    #[default]
+    General,
+    /// The external host's address: source on external uplinks, destination on internal.
+    AutoTopology,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    External,
+    Internal,
+}
+
+impl Role {
+    pub fn index(self) -> usize {
+        match self {
+            Role::External => side::EXTERNAL as usize,
+            Role::Internal => side::INTERNAL as usize,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub id: u32,
+    /// Bucket count B (a power of two).
+    #[serde(default = "default_buckets")]
+    pub buckets: u32,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Add L4 ports to the flow key.
+    #[serde(default)]
+    pub l4: bool,
+    /// HyperSync on.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    pub uplinks: Vec<UplinkConfig>,
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Interface on the orchestrator.
+    pub iface: String,
+    pub role: Role,
+    pub gateway_v4: Option<Ipv4Addr>,
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// Networks reached through this uplink.
+    pub prefixes: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u32,
+    /// The orchestrator's interface towards this member.
+    pub downlink: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks what the types cannot: limits, uniqueness, powers of two.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.orchestrator.heartbeat_interval_ms == 0 || self.orchestrator.dead_count == 0 {
+            return bad("heartbeat_interval_ms and dead_count must be at least 1".into());
+        }
+        let mut seen_members = std::collections::BTreeSet::new();
+        let mut seen_groups = std::collections::BTreeSet::new();
+        for g in &self.groups {
+            if !seen_groups.insert(g.id) || g.id == 0 || g.id > baton_common::GROUPS_MAX {
+                return bad(format!(
+                    "group id {} is duplicated or outside 1..={}",
+                    g.id,
+                    baton_common::GROUPS_MAX
+                ));
+            }
+            if !g.buckets.is_power_of_two() || g.buckets > baton_common::BUCKETS_PER_GROUP_MAX {
+                return bad(format!(
+                    "group {}: buckets = {} must be a power of two up to {}",
+                    g.id,
+                    g.buckets,
+                    baton_common::BUCKETS_PER_GROUP_MAX
+                ));
+            }
+            if g.members.len() > MEMBERS_PER_GROUP_MAX {
+                return bad(format!(
+                    "group {}: {} members, at most {MEMBERS_PER_GROUP_MAX} per site per group",
+                    g.id,
+                    g.members.len()
+                ));
+            }
+            for r in [Role::External, Role::Internal] {
+                if !g.uplinks.iter().any(|u| u.role == r) {
+                    return bad(format!("group {}: no {r:?} uplink", g.id));
+                }
+            }
+            for m in &g.members {
+                if m.id == 0 || m.id > MEMBER_ID_MAX {
+                    return bad(format!("member id {} outside 1..={MEMBER_ID_MAX}", m.id));
+                }
+                if !seen_members.insert(m.id) {
+                    return bad(format!("member {} is configured twice (a member is in one group)", m.id));
+                }
+            }
+        }
+        if seen_members.len() > MEMBERS_PER_ORCHESTRATOR_MAX {
+            return bad(format!(
+                "{} members, at most {MEMBERS_PER_ORCHESTRATOR_MAX} per orchestrator",
+                seen_members.len()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn group_of(&self, member: u32) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.members.iter().any(|m| m.id == member))
+    }
+}
+
+impl GroupConfig {
+    /// Index of the group in the kernel maps.
+    pub fn slot(&self) -> u32 {
+        self.id - 1
+    }
+
+    /// The group's virtual MAC of a side: locally administered, 02:ba:70:00:GROUP:SIDE.
+    pub fn vmac(&self, side_index: usize) -> [u8; 6] {
+        [0x02, 0xba, 0x70, 0x00, self.id as u8, side_index as u8]
+    }
+
+    /// The flow-key selector of an uplink of this group.
+    pub fn key_for(&self, role: Role) -> u32 {
+        let base = match (self.mode, role) {
+            (Mode::General, _) => key::BOTH,
+            (Mode::AutoTopology, Role::External) => key::SRC,
+            (Mode::AutoTopology, Role::Internal) => key::DST,
+        };
+        if self.l4 {
+            base | key::F_PORTS
+        } else {
+            base
+        }
+    }
+
+    /// The two sides as a member forwards to them.
+    pub fn sides(&self) -> [Side; 2] {
+        let side = |role: Role| {
+            let ups: Vec<&UplinkConfig> = self.uplinks.iter().filter(|u| u.role == role).collect();
+            Side {
+                vmac: self.vmac(role.index()),
+                gw_v4: ups.iter().find_map(|u| u.gateway_v4),
+                gw_v6: ups.iter().find_map(|u| u.gateway_v6),
+                prefixes: ups.iter().flat_map(|u| u.prefixes.iter().copied()).collect(),
+            }
+        };
+        [side(Role::External), side(Role::Internal)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[orchestrator]
+heartbeat_interval_ms = 100
+
+[[groups]]
+id = 1
+[[groups.uplinks]]
+iface = "up-ext"
+role = "external"
+gateway_v4 = "198.18.0.254"
+prefixes = ["198.18.0.0/24"]
+[[groups.uplinks]]
+iface = "up-int"
+role = "internal"
+gateway_v4 = "198.19.0.254"
+prefixes = ["198.19.0.0/24"]
+[[groups.members]]
+id = 1
+downlink = "dl-sgm1"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c: Config = toml::from_str(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.groups[0].buckets, 4096);
+        assert_eq!(c.orchestrator.dead_count, 3);
+        assert_eq!(c.groups[0].mode, Mode::General);
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        let typo = SAMPLE.replace("heartbeat_interval_ms", "heartbeat_interval");
+        assert!(toml::from_str::<Config>(&typo).unwrap_err().to_string().contains("unknown field"));
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        c.groups[0].buckets = 1000;
+        assert!(c.validate().unwrap_err().to_string().contains("power of two"));
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        c.groups[0].members = (1..=15).map(|id| MemberConfig { id, downlink: format!("d{id}") }).collect();
+        assert!(c.validate().unwrap_err().to_string().contains("at most 14"));
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        c.groups[0].uplinks.pop();
+        assert!(c.validate().unwrap_err().to_string().contains("Internal uplink"));
+    }
+
+    #[test]
+    fn auto_topology_keys_on_the_external_host() {
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        c.groups[0].mode = Mode::AutoTopology;
+        assert_eq!(c.groups[0].key_for(Role::External), key::SRC);
+        assert_eq!(c.groups[0].key_for(Role::Internal), key::DST);
+        c.groups[0].l4 = true;
+        assert_eq!(c.groups[0].key_for(Role::External), key::SRC | key::F_PORTS);
+    }
+}

@@ -1,0 +1,113 @@
+//! `baton sgm`: a member. Attaches `steer` to its data port, runs the AF_XDP worker pinned
+//! to a core, and sends heartbeats with its counters to the orchestrator.
+
+use std::{
+    net::UdpSocket,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use baton_control::{
+    ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
+    config::Config,
+    membership::MemberState,
+};
+use baton_dataplane::{
+    forward::{Forwarder, NeighbourLimits},
+    loader::Member,
+    port::{self, PortConfig, PortStats},
+};
+
+pub struct Options<'a> {
+    pub config: &'a Path,
+    pub id: u32,
+    pub data_port: String,
+    pub worker_core: Option<usize>,
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let config = Config::load(opts.config)?;
+    let group = config
+        .group_of(opts.id)
+        .with_context(|| format!("member {} is not in any group of {}", opts.id, opts.config.display()))?
+        .clone();
+    let mut programs = Member::load()?;
+    programs.attach_steer(&opts.data_port, config.orchestrator.xdp_driver_mode)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let stats = Arc::new(PortStats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let fwd = Forwarder::new(group.sides(), NeighbourLimits::default());
+    let port_cfg = PortConfig { iface: opts.data_port.clone(), ..Default::default() };
+
+    let worker = {
+        let (stats, stop, ready) = (stats.clone(), stop.clone(), ready.clone());
+        let core = opts.worker_core;
+        std::thread::Builder::new().name("worker0".into()).spawn(move || {
+            if let Some(c) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                    tracing::warn!(core = c, "could not pin the worker");
+                }
+            }
+            let r = port::run(&port_cfg, &mut programs, fwd, stats, stop.clone(), || ready.store(true, Ordering::Release));
+            // A dead data path must not keep sending heartbeats.
+            stop.store(true, Ordering::Release);
+            r
+        })?
+    };
+
+    super::raise_priority("ccp");
+    let interval = Duration::from_millis(config.orchestrator.heartbeat_interval_ms);
+    let sock = UdpSocket::bind("0.0.0.0:0").context("binding the CCP socket")?;
+    sock.connect(config.orchestrator.ccp)
+        .with_context(|| format!("no route to the orchestrator {}", config.orchestrator.ccp))?;
+    sock.set_read_timeout(Some(interval / 4))?;
+    let mut seq = 0u64;
+    let mut state = MemberState::Down;
+    let mut next = Instant::now();
+    let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
+    tracing::info!(member = opts.id, group = group.id, "member started");
+    while !stop.load(Ordering::Acquire) {
+        if Instant::now() >= next {
+            next += interval;
+            seq += 1;
+            let hb = Heartbeat {
+                member: opts.id,
+                seq,
+                ready: ready.load(Ordering::Acquire),
+                report: MemberReport {
+                    rx_packets: stats.rx_packets.load(Ordering::Relaxed),
+                    tx_packets: stats.tx_packets.load(Ordering::Relaxed),
+                    rx_bytes: stats.rx_bytes.load(Ordering::Relaxed),
+                    tx_bytes: stats.tx_bytes.load(Ordering::Relaxed),
+                    drops: stats.drops_total(),
+                    connections: 0,
+                    backup_connections: 0,
+                    policy_version: 1,
+                    workers: 1,
+                },
+            };
+            // The orchestrator may not be up yet: keep trying, never give up.
+            let _ = sock.send(&ccp::encode(&hb));
+        }
+        if let Ok(n) = sock.recv(&mut buf) {
+            if let Some(ack) = ccp::decode::<HeartbeatAck>(&buf[..n]) {
+                if ack.state != state {
+                    tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, "member state");
+                    state = ack.state;
+                }
+            }
+        }
+    }
+    let r = worker.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    r.context("data port")?;
+    tracing::info!("member stopped");
+    Ok(())
+}

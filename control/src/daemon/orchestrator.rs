@@ -1,0 +1,361 @@
+//! `baton orchestrator`: attaches `distribute`/`egress`, runs CCP (heartbeats →
+//! membership → bucket table) on a high-priority thread, and serves the REST API.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, UdpSocket},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use baton_common::{Bucket, DownlinkConf, GroupConf, UplinkConf};
+use baton_control::{
+    api::{ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat},
+    ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
+    config::{Config, Role},
+    membership::{Action, Event, MemberState, Membership},
+    planner, search,
+};
+use baton_dataplane::loader::{ifindex, Orchestrator};
+use serde::Deserialize;
+
+struct Uplink {
+    iface: String,
+    group: u32,
+    role: Role,
+    slot: u32,
+    key: u32,
+    prefixes: Vec<ipnet::IpNet>,
+}
+
+struct Shared {
+    config: Config,
+    programs: Orchestrator,
+    membership: Membership,
+    reports: BTreeMap<u32, (Instant, MemberReport)>,
+    downlinks: BTreeMap<u32, u32>,
+    uplinks: Vec<Uplink>,
+    tables: BTreeMap<u32, Vec<Bucket>>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let mut programs = Orchestrator::load(config.orchestrator.xdp_driver_mode)?;
+    let mut uplinks = Vec::new();
+    let mut downlinks = BTreeMap::new();
+    let mut tables = BTreeMap::new();
+    for g in &config.groups {
+        let slot = g.slot();
+        let flood = |role: Role| -> anyhow::Result<u32> {
+            let up = g.uplinks.iter().find(|u| u.role == role).context("group without uplink")?;
+            Ok(ifindex(&up.iface)?)
+        };
+        programs.set_group(
+            slot,
+            GroupConf {
+                table: 0,
+                mask: g.buckets - 1,
+                flood_ifindex: [flood(Role::External)?, flood(Role::Internal)?],
+                vmac: [g.vmac(0), g.vmac(1)],
+                _pad: [0; 4],
+            },
+        )?;
+        let table = planner::plan(&[], g.buckets);
+        programs.install_buckets(slot, &table)?;
+        tables.insert(g.id, table);
+        for u in &g.uplinks {
+            let uslot = uplinks.len() as u32;
+            let key = g.key_for(u.role);
+            programs
+                .attach_uplink(
+                    &u.iface,
+                    UplinkConf {
+                        group: slot,
+                        side: u.role.index() as u32,
+                        key,
+                        slot: uslot,
+                        gw_v4: u.gateway_v4.map_or([0; 4], |a| a.octets()),
+                        gw_v6: u.gateway_v6.map_or([0; 16], |a| a.octets()),
+                        vmac: g.vmac(u.role.index()),
+                        _pad: [0; 2],
+                    },
+                )
+                .with_context(|| format!("uplink {}", u.iface))?;
+            uplinks.push(Uplink {
+                iface: u.iface.clone(),
+                group: g.id,
+                role: u.role,
+                slot: uslot,
+                key,
+                prefixes: u.prefixes.clone(),
+            });
+        }
+        for m in &g.members {
+            let idx = programs
+                .attach_downlink(&m.downlink, DownlinkConf { group: slot, member: m.id })
+                .with_context(|| format!("downlink {} of member {}", m.downlink, m.id))?;
+            downlinks.insert(m.id, idx);
+        }
+    }
+    let membership = Membership::new(
+        config.groups.iter().flat_map(|g| g.members.iter().map(move |m| (m.id, g.id))),
+        Duration::from_millis(config.orchestrator.heartbeat_interval_ms),
+        config.orchestrator.dead_count,
+    );
+    let shared = Arc::new(Mutex::new(Shared {
+        config: config.clone(),
+        programs,
+        membership,
+        reports: BTreeMap::new(),
+        downlinks,
+        uplinks,
+        tables,
+    }));
+    tracing::info!(groups = config.groups.len(), "XDP programs attached");
+
+    let sock = UdpSocket::bind(config.orchestrator.ccp)
+        .with_context(|| format!("binding the CCP socket {}", config.orchestrator.ccp))?;
+    let ccp_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("ccp".into())
+        .spawn(move || {
+            super::raise_priority("ccp");
+            if let Err(e) = ccp_loop(sock, ccp_shared) {
+                tracing::error!("CCP loop failed: {e:#}");
+                std::process::exit(1);
+            }
+        })?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve_api(config.orchestrator.api_socket.clone(), shared))
+}
+
+fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
+    let interval = {
+        let s = shared.lock().unwrap();
+        Duration::from_millis(s.config.orchestrator.heartbeat_interval_ms)
+    };
+    // Ticks at a quarter interval bound detection to interval × dead count + interval/4.
+    let tick = interval / 4;
+    sock.set_read_timeout(Some(tick))?;
+    let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
+    let mut last_tick = Instant::now();
+    loop {
+        let received = match sock.recv_from(&mut buf) {
+            Ok((n, from)) => Some((n, from)),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let now = Instant::now();
+        let mut s = shared.lock().unwrap();
+        if let Some((n, from)) = received {
+            match ccp::decode::<Heartbeat>(&buf[..n]) {
+                Some(hb) if s.membership.state(hb.member).is_some() => {
+                    let actions = s.membership.handle(now, Event::Heartbeat { member: hb.member, ready: hb.ready });
+                    s.reports.insert(hb.member, (now, hb.report));
+                    apply(&mut s, actions)?;
+                    let group = s.membership.group(hb.member).unwrap_or(0);
+                    let ack = HeartbeatAck {
+                        member: hb.member,
+                        seq: hb.seq,
+                        state: s.membership.state(hb.member).unwrap_or(MemberState::Down),
+                        smo: s.membership.smo(group),
+                    };
+                    let _ = sock.send_to(&ccp::encode(&ack), from);
+                }
+                Some(hb) => tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored"),
+                None => tracing::warn!(%from, bytes = n, "malformed CCP datagram ignored"),
+            }
+        }
+        if now.duration_since(last_tick) >= tick {
+            last_tick = now;
+            let actions = s.membership.handle(now, Event::Tick);
+            apply(&mut s, actions)?;
+        }
+    }
+}
+
+/// Carries membership decisions into the kernel maps. A member becoming Active gets its
+/// port before any bucket points at it; a member leaving loses its buckets before its port.
+fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
+    for a in actions {
+        match a {
+            Action::Activate(id) => {
+                let idx = *s.downlinks.get(&id).context("member without downlink")?;
+                s.programs.add_member_port(id, idx)?;
+                replan(s, id)?;
+                tracing::info!(member = id, "member active");
+            }
+            Action::Deactivate(id) => {
+                replan(s, id)?;
+                s.programs.remove_member_port(id)?;
+                tracing::warn!(member = id, "member down: its buckets moved");
+            }
+            Action::Smo { group, master } => {
+                tracing::info!(group, ?master, "SMO master");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn replan(s: &mut Shared, member: u32) -> anyhow::Result<()> {
+    let Some(group) = s.membership.group(member) else { return Ok(()) };
+    let g = s.config.groups.iter().find(|g| g.id == group).context("unknown group")?;
+    let table = planner::plan(&s.membership.active(group), g.buckets);
+    s.programs.install_buckets(g.slot(), &table)?;
+    s.tables.insert(group, table);
+    Ok(())
+}
+
+async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A socket file left by a previous run: refuse only if someone still answers.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            bail!("another orchestrator is already serving {}", path.display());
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let app = Router::new()
+        .route("/v1/stat", get(stat))
+        .route("/v1/search", get(search_bucket))
+        .with_state(shared);
+    tracing::info!(socket = %path.display(), "API listening");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let _ = std::fs::remove_file(&path);
+    tracing::info!("orchestrator stopped");
+    Ok(())
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
+    let s = shared.lock().unwrap();
+    let now = Instant::now();
+    let mut groups = Vec::new();
+    for g in &s.config.groups {
+        let smo = s.membership.smo(g.id);
+        let table = s.tables.get(&g.id);
+        let mut members = Vec::new();
+        for m in &g.members {
+            let (heard, report) = s
+                .reports
+                .get(&m.id)
+                .map(|(t, r)| (Some(now.duration_since(*t).as_millis() as u64), r.clone()))
+                .unwrap_or((None, MemberReport::default()));
+            let xdp = s.programs.member_stats(m.id).map_err(internal)?;
+            let count = |f: fn(&Bucket) -> u32| table.map_or(0, |t| t.iter().filter(|b| f(b) == m.id).count() as u32);
+            members.push(MemberStat {
+                id: m.id,
+                state: s.membership.state(m.id).unwrap_or(MemberState::Down),
+                smo: smo == Some(m.id),
+                rx_packets: report.rx_packets,
+                tx_packets: report.tx_packets,
+                drops: report.drops,
+                connections: report.connections,
+                backup_connections: report.backup_connections,
+                policy_version: report.policy_version,
+                to_member_packets: xdp.to_member_packets,
+                from_member_packets: xdp.from_member_packets,
+                buckets_active: count(|b| b.active),
+                buckets_backup: count(|b| b.backup),
+                last_heartbeat_ms: heard,
+            });
+        }
+        groups.push(GroupStat { id: g.id, smo, buckets: g.buckets, members });
+    }
+    let mut uplinks = Vec::new();
+    for u in &s.uplinks {
+        let st = s.programs.uplink_stats(u.slot).map_err(internal)?;
+        uplinks.push(UplinkStat {
+            iface: u.iface.clone(),
+            group: u.group,
+            role: format!("{:?}", u.role).to_lowercase(),
+            rx_packets: st.rx_packets,
+            rx_bytes: st.rx_bytes,
+        });
+    }
+    let events = s
+        .programs
+        .events()
+        .map_err(internal)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    Ok(Json(Stat { groups, uplinks, events }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    proto: Option<String>,
+}
+
+async fn search_bucket(State(shared): State<SharedRef>, Query(q): Query<SearchQuery>) -> Result<Json<SearchResult>, ApiError> {
+    let proto = match q.proto.as_deref() {
+        None | Some("tcp") => search::TCP,
+        Some("udp") => search::UDP,
+        Some("sctp") => search::SCTP,
+        Some("icmp") => 1,
+        Some(other) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown protocol {other:?}: use tcp, udp, sctp or icmp"))),
+    };
+    let s = shared.lock().unwrap();
+    // The ingress uplink is the one whose prefixes hold the source (longest match).
+    let uplink = s
+        .uplinks
+        .iter()
+        .filter_map(|u| u.prefixes.iter().filter(|p| p.contains(&q.src)).map(|p| p.prefix_len()).max().map(|l| (l, u)))
+        .max_by_key(|(l, _)| *l)
+        .map(|(_, u)| u)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no uplink's prefixes contain {}", q.src)))?;
+    let g = s.config.groups.iter().find(|g| g.id == uplink.group).ok_or_else(|| internal("group missing"))?;
+    let hash = search::packet_hash(uplink.key, q.src, q.dst, proto, q.sport.unwrap_or(0), q.dport.unwrap_or(0));
+    let bucket = hash & (g.buckets - 1);
+    let table = s.programs.buckets(g.slot()).map_err(internal)?;
+    let b = table.get(bucket as usize).copied().unwrap_or_default();
+    Ok(Json(SearchResult {
+        group: g.id,
+        bucket,
+        active: (b.active != 0).then_some(b.active),
+        backup: (b.backup != 0).then_some(b.backup),
+    }))
+}

@@ -1,0 +1,375 @@
+//! `baton lab`: the whole topology on one machine, in network namespaces joined by veth
+//! pairs (see docs/ARCHITECTURE.md, "Lab"). Every link is created with both ends inside
+//! lab namespaces, so deleting the namespaces removes every link and bridge; `down` also
+//! kills the lab's processes and removes its state directory, whatever state `up` left.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use thiserror::Error;
+
+use crate::{
+    api::{Client, Stat},
+    config::{
+        default_api_socket, Config, GroupConfig, MemberConfig, Mode, OrchestratorConfig, Role,
+        UplinkConfig, CCP_PORT, MEMBERS_PER_GROUP_MAX,
+    },
+    membership::MemberState,
+};
+
+pub const NS_EXT: &str = "bt-ext";
+pub const NS_INT: &str = "bt-int";
+pub const NS_ORCH: &str = "bt-orch";
+/// Every lab namespace starts with this.
+pub const NS_PREFIX: &str = "bt-";
+pub const STATE_DIR: &str = "/run/baton/lab";
+/// Hosts own .1 to .63 of their side.
+pub const HOSTS_PER_SIDE: u8 = 63;
+/// How long `up` waits for every member to be Active.
+pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn ns_sgm(k: u32) -> String {
+    format!("bt-sgm{k}")
+}
+
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("the lab needs root (it creates network namespaces): run as root")]
+    NotRoot,
+    #[error("`{0}` is not installed; run `cargo xtask setup` (or apt-get install {1})")]
+    MissingTool(&'static str, &'static str),
+    #[error("a lab is already up (namespaces: {0}); run `baton lab down` first")]
+    AlreadyUp(String),
+    #[error("--sgms must be between 1 and {MEMBERS_PER_GROUP_MAX}, not {0}")]
+    BadSize(u32),
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the lab did not come up within {secs} s: {detail}")]
+    Timeout { secs: u64, detail: String },
+}
+
+/// Options of `baton lab up`.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub sgms: u32,
+    pub sync: bool,
+    /// The `baton` binary the daemons run.
+    pub exe: PathBuf,
+}
+
+fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("{cmd:?}").replace('"', ""),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, LabError> {
+    run(Command::new("ip").args(args))
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn check_root() -> Result<(), LabError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LabError::NotRoot);
+    }
+    Ok(())
+}
+
+/// Lab namespaces that exist now.
+pub fn namespaces() -> Result<Vec<String>, LabError> {
+    let out = ip(&["netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(NS_PREFIX))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The lab's configuration file: one group, N members, the contract's addresses.
+pub fn config(sgms: u32, sync: bool) -> Config {
+    let net = |s: &str| s.parse::<IpNet>().expect("lab prefix");
+    Config {
+        orchestrator: OrchestratorConfig {
+            ccp: (Ipv4Addr::new(198, 51, 100, 254), CCP_PORT).into(),
+            api_socket: default_api_socket(),
+            heartbeat_interval_ms: 100,
+            dead_count: 3,
+            xdp_driver_mode: true,
+        },
+        groups: vec![GroupConfig {
+            id: 1,
+            buckets: 4096,
+            mode: Mode::General,
+            l4: false,
+            sync,
+            uplinks: vec![
+                UplinkConfig {
+                    iface: "up-ext".into(),
+                    role: Role::External,
+                    gateway_v4: Some(Ipv4Addr::new(198, 18, 0, 254)),
+                    gateway_v6: Some("2001:db8:18::fe".parse().unwrap()),
+                    prefixes: vec![net("198.18.0.0/24"), net("2001:db8:18::/64")],
+                },
+                UplinkConfig {
+                    iface: "up-int".into(),
+                    role: Role::Internal,
+                    gateway_v4: Some(Ipv4Addr::new(198, 19, 0, 254)),
+                    gateway_v6: Some("2001:db8:19::fe".parse().unwrap()),
+                    prefixes: vec![net("198.19.0.0/24"), net("2001:db8:19::/64")],
+                },
+            ],
+            members: (1..=sgms)
+                .map(|id| MemberConfig { id, downlink: format!("dl-sgm{id}") })
+                .collect(),
+        }],
+    }
+}
+
+/// Builds the lab and starts its processes; returns once every member is Active.
+pub fn up(opts: &LabOptions) -> Result<Stat, LabError> {
+    check_root()?;
+    if opts.sgms == 0 || opts.sgms as usize > MEMBERS_PER_GROUP_MAX {
+        return Err(LabError::BadSize(opts.sgms));
+    }
+    for (tool, pkg) in [("ip", "iproute2"), ("ethtool", "ethtool")] {
+        if !have(tool) {
+            return Err(LabError::MissingTool(tool, pkg));
+        }
+    }
+    let existing = namespaces()?;
+    if !existing.is_empty() || Path::new(STATE_DIR).exists() {
+        let what = if existing.is_empty() { STATE_DIR.to_string() } else { existing.join(", ") };
+        return Err(LabError::AlreadyUp(what));
+    }
+    let result = build(opts).and_then(|()| wait_active(opts.sgms));
+    if result.is_err() {
+        // Keep the logs for the error message, then leave nothing behind.
+        let logs = log_tails();
+        let _ = down();
+        return result.map_err(|e| match e {
+            LabError::Timeout { secs, detail } => LabError::Timeout {
+                secs,
+                detail: format!("{detail}\n{logs}"),
+            },
+            other => other,
+        });
+    }
+    result
+}
+
+fn build(opts: &LabOptions) -> Result<(), LabError> {
+    let state = Path::new(STATE_DIR);
+    fs::create_dir_all(state)?;
+    let n = opts.sgms;
+    let members: Vec<String> = (1..=n).map(ns_sgm).collect();
+    for ns in [NS_EXT, NS_INT, NS_ORCH].iter().map(|s| s.to_string()).chain(members.iter().cloned()) {
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        if ns == NS_EXT || ns == NS_INT {
+            in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        } else {
+            // The orchestrator and members are not IPv6 hosts: keep their kernels quiet on
+            // the data ports.
+            in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        }
+    }
+    // Hosts and uplinks.
+    for (host_ns, host_if, up_if, side) in [(NS_EXT, "ext0", "up-ext", 18u8), (NS_INT, "int0", "up-int", 19u8)] {
+        ip(&["link", "add", host_if, "netns", host_ns, "type", "veth", "peer", "name", up_if, "netns", NS_ORCH])?;
+        ip(&["-n", host_ns, "link", "set", host_if, "up"])?;
+        ip(&["-n", NS_ORCH, "link", "set", up_if, "up"])?;
+        // Redirected frames need a peer with GRO (or XDP); redirected TCP/UDP needs complete
+        // checksums, so no TX checksum offload on the hosts (docs/TOOLCHAIN.md).
+        in_ns(host_ns, &["ethtool", "-K", host_if, "tx", "off", "gro", "on"])?;
+        let mut batch = String::new();
+        for h in 1..=HOSTS_PER_SIDE {
+            batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
+            batch.push_str(&format!("address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"));
+        }
+        let other = if side == 18 { 19 } else { 18 };
+        batch.push_str(&format!("route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"));
+        batch.push_str(&format!("route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"));
+        let file = state.join(format!("{host_ns}.batch"));
+        fs::write(&file, batch)?;
+        ip(&["-n", host_ns, "-batch", file.to_str().unwrap()])?;
+        fs::remove_file(file)?;
+    }
+    // Management and sync bridges.
+    for (br, addr) in [("bt-mgmt", Some("198.51.100.254/24")), ("bt-sync", None)] {
+        ip(&["-n", NS_ORCH, "link", "add", br, "type", "bridge"])?;
+        ip(&["-n", NS_ORCH, "link", "set", br, "up"])?;
+        if let Some(a) = addr {
+            ip(&["-n", NS_ORCH, "address", "add", a, "dev", br])?;
+        }
+    }
+    // Members: data port, management port, sync port.
+    for k in 1..=n {
+        let ns = ns_sgm(k);
+        let dl = format!("dl-sgm{k}");
+        ip(&["link", "add", &dl, "netns", NS_ORCH, "type", "veth", "peer", "name", "dl0", "netns", &ns])?;
+        ip(&["-n", NS_ORCH, "link", "set", &dl, "up"])?;
+        ip(&["-n", &ns, "link", "set", "dl0", "up"])?;
+        for (br, port, inner) in [("bt-mgmt", format!("mg-sgm{k}"), "mgmt0"), ("bt-sync", format!("sy-sgm{k}"), "sync0")] {
+            ip(&["link", "add", &port, "netns", NS_ORCH, "type", "veth", "peer", "name", inner, "netns", &ns])?;
+            ip(&["-n", NS_ORCH, "link", "set", &port, "master", br, "up"])?;
+            ip(&["-n", &ns, "link", "set", inner, "up"])?;
+        }
+        ip(&["-n", &ns, "address", "add", &format!("198.51.100.{k}/24"), "dev", "mgmt0"])?;
+    }
+    let cfg = config(n, opts.sync);
+    let cfg_path = state.join("baton.toml");
+    fs::write(&cfg_path, cfg.to_toml())?;
+
+    spawn(NS_ORCH, &state.join("orchestrator.log"), &opts.exe, &["orchestrator", "--config", cfg_path.to_str().unwrap()])?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+    for k in 1..=n {
+        let core = ((k - 1) % cores).to_string();
+        spawn(
+            &ns_sgm(k),
+            &state.join(format!("sgm{k}.log")),
+            &opts.exe,
+            &["sgm", "--config", cfg_path.to_str().unwrap(), "--id", &k.to_string(), "--data-port", "dl0", "--worker-core", &core],
+        )?;
+    }
+    Ok(())
+}
+
+/// Starts a daemon in a namespace, detached (own session, output to `log`).
+fn spawn(ns: &str, log: &Path, exe: &Path, args: &[&str]) -> Result<(), LabError> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::File::create(log)?;
+    let err = out.try_clone()?;
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()?;
+    Ok(())
+}
+
+fn wait_active(sgms: u32) -> Result<Stat, LabError> {
+    let client = Client::new(default_api_socket());
+    let start = Instant::now();
+    let mut last = String::from("the orchestrator's API never answered");
+    while start.elapsed() < UP_TIMEOUT {
+        match client.get::<Stat>("/v1/stat") {
+            Ok(stat) => {
+                let members = &stat.groups[0].members;
+                let active = members.iter().filter(|m| m.state == MemberState::Active).count();
+                if active == sgms as usize {
+                    return Ok(stat);
+                }
+                last = members
+                    .iter()
+                    .map(|m| format!("member {} {:?}", m.id, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(LabError::Timeout { secs: UP_TIMEOUT.as_secs(), detail: last })
+}
+
+fn log_tails() -> String {
+    let mut out = String::new();
+    let Ok(dir) = fs::read_dir(STATE_DIR) else { return out };
+    let mut logs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+    logs.sort();
+    for p in logs {
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        out.push_str(&format!("--- {}\n", p.display()));
+        for l in tail.iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Removes everything a lab made: processes, namespaces (and with them every link and
+/// bridge), the API socket and the state directory. Safe to run at any time, any number
+/// of times. Returns what it removed.
+pub fn down() -> Result<Vec<String>, LabError> {
+    check_root()?;
+    let mut removed = Vec::new();
+    let nss = namespaces()?;
+    // Kill first, in every namespace, so nothing restarts or holds a link.
+    for ns in &nss {
+        kill_all(ns)?;
+    }
+    for ns in &nss {
+        ip(&["netns", "del", ns])?;
+        removed.push(format!("namespace {ns}"));
+    }
+    let sock = default_api_socket();
+    if sock.exists() {
+        fs::remove_file(&sock)?;
+        removed.push(sock.display().to_string());
+    }
+    if Path::new(STATE_DIR).exists() {
+        fs::remove_dir_all(STATE_DIR)?;
+        removed.push(STATE_DIR.to_string());
+    }
+    Ok(removed)
+}
+
+fn pids(ns: &str) -> Result<Vec<i32>, LabError> {
+    Ok(ip(&["netns", "pids", ns])?.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+}
+
+fn kill_all(ns: &str) -> Result<(), LabError> {
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let list = pids(ns)?;
+        if list.is_empty() {
+            return Ok(());
+        }
+        for p in &list {
+            unsafe { libc::kill(*p, sig) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !pids(ns)?.is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left = pids(ns)?;
+    if !left.is_empty() {
+        return Err(LabError::Command {
+            cmd: format!("kill processes in {ns}"),
+            stderr: format!("still running: {left:?}"),
+        });
+    }
+    Ok(())
+}
