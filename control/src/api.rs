@@ -101,7 +101,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -112,12 +114,21 @@ impl Client {
         self.call(Method::GET, path, None)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
         let body = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
         self.call(Method::POST, path, Some(body))
     }
 
-    fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ApiError> {
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -127,7 +138,10 @@ impl Client {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ApiError::Status { status: status.as_u16(), message });
+            return Err(ApiError::Status {
+                status: status.as_u16(),
+                message,
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
     }
@@ -153,7 +167,10 @@ async fn request(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| ApiError::Io(e.to_string()))?;
-    let res = sender.send_request(req).await.map_err(|e| ApiError::Io(e.to_string()))?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::Io(e.to_string()))?;
     let status = res.status();
     let bytes = res
         .into_body()

@@ -54,7 +54,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let hb = Heartbeat { member: 3, seq: 7, ready: true, report: MemberReport { rx_packets: 5, ..Default::default() } };
+        let hb = Heartbeat {
+            member: 3,
+            seq: 7,
+            ready: true,
+            report: MemberReport {
+                rx_packets: 5,
+                ..Default::default()
+            },
+        };
         let bytes = encode(&hb);
         assert!(bytes.len() < MAX_DATAGRAM);
         assert_eq!(decode::<Heartbeat>(&bytes), Some(hb));

@@ -207,7 +207,10 @@ impl Config {
                     return bad(format!("member id {} outside 1..={MEMBER_ID_MAX}", m.id));
                 }
                 if !seen_members.insert(m.id) {
-                    return bad(format!("member {} is configured twice (a member is in one group)", m.id));
+                    return bad(format!(
+                        "member {} is configured twice (a member is in one group)",
+                        m.id
+                    ));
                 }
             }
         }
@@ -221,7 +224,9 @@ impl Config {
     }
 
     pub fn group_of(&self, member: u32) -> Option<&GroupConfig> {
-        self.groups.iter().find(|g| g.members.iter().any(|m| m.id == member))
+        self.groups
+            .iter()
+            .find(|g| g.members.iter().any(|m| m.id == member))
     }
 }
 
@@ -258,7 +263,10 @@ impl GroupConfig {
                 vmac: self.vmac(role.index()),
                 gw_v4: ups.iter().find_map(|u| u.gateway_v4),
                 gw_v6: ups.iter().find_map(|u| u.gateway_v6),
-                prefixes: ups.iter().flat_map(|u| u.prefixes.iter().copied()).collect(),
+                prefixes: ups
+                    .iter()
+                    .flat_map(|u| u.prefixes.iter().copied())
+                    .collect(),
             }
         };
         [side(Role::External), side(Role::Internal)]
@@ -304,16 +312,32 @@ downlink = "dl-sgm1"
     #[test]
     fn rejects_typos_and_bad_values() {
         let typo = SAMPLE.replace("heartbeat_interval_ms", "heartbeat_interval");
-        assert!(toml::from_str::<Config>(&typo).unwrap_err().to_string().contains("unknown field"));
+        assert!(toml::from_str::<Config>(&typo)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
         let mut c: Config = toml::from_str(SAMPLE).unwrap();
         c.groups[0].buckets = 1000;
-        assert!(c.validate().unwrap_err().to_string().contains("power of two"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("power of two"));
         let mut c: Config = toml::from_str(SAMPLE).unwrap();
-        c.groups[0].members = (1..=15).map(|id| MemberConfig { id, downlink: format!("d{id}") }).collect();
+        c.groups[0].members = (1..=15)
+            .map(|id| MemberConfig {
+                id,
+                downlink: format!("d{id}"),
+            })
+            .collect();
         assert!(c.validate().unwrap_err().to_string().contains("at most 14"));
         let mut c: Config = toml::from_str(SAMPLE).unwrap();
         c.groups[0].uplinks.pop();
-        assert!(c.validate().unwrap_err().to_string().contains("Internal uplink"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("Internal uplink"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `baton lab`: the whole topology on one machine, in network namespaces joined by veth
-//! pairs (see docs/ARCHITECTURE.md, "Lab"). Every link is created with both ends inside
+//! pairs (the lab contract in the README). Every link is created with both ends inside
 //! lab namespaces, so deleting the namespaces removes every link and bridge; `down` also
 //! kills the lab's processes and removes its state directory, whatever state `up` left.
 
@@ -145,7 +145,10 @@ pub fn config(sgms: u32, sync: bool) -> Config {
                 },
             ],
             members: (1..=sgms)
-                .map(|id| MemberConfig { id, downlink: format!("dl-sgm{id}") })
+                .map(|id| MemberConfig {
+                    id,
+                    downlink: format!("dl-sgm{id}"),
+                })
                 .collect(),
         }],
     }
@@ -164,7 +167,11 @@ pub fn up(opts: &LabOptions) -> Result<Stat, LabError> {
     }
     let existing = namespaces()?;
     if !existing.is_empty() || Path::new(STATE_DIR).exists() {
-        let what = if existing.is_empty() { STATE_DIR.to_string() } else { existing.join(", ") };
+        let what = if existing.is_empty() {
+            STATE_DIR.to_string()
+        } else {
+            existing.join(", ")
+        };
         return Err(LabError::AlreadyUp(what));
     }
     let result = build(opts).and_then(|()| wait_active(opts.sgms));
@@ -188,33 +195,68 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     fs::create_dir_all(state)?;
     let n = opts.sgms;
     let members: Vec<String> = (1..=n).map(ns_sgm).collect();
-    for ns in [NS_EXT, NS_INT, NS_ORCH].iter().map(|s| s.to_string()).chain(members.iter().cloned()) {
+    for ns in [NS_EXT, NS_INT, NS_ORCH]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(members.iter().cloned())
+    {
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         if ns == NS_EXT || ns == NS_INT {
-            in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+            in_ns(
+                &ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
         } else {
             // The orchestrator and members are not IPv6 hosts: keep their kernels quiet on
             // the data ports.
-            in_ns(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+            in_ns(
+                &ns,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?;
         }
     }
     // Hosts and uplinks.
-    for (host_ns, host_if, up_if, side) in [(NS_EXT, "ext0", "up-ext", 18u8), (NS_INT, "int0", "up-int", 19u8)] {
-        ip(&["link", "add", host_if, "netns", host_ns, "type", "veth", "peer", "name", up_if, "netns", NS_ORCH])?;
+    for (host_ns, host_if, up_if, side) in [
+        (NS_EXT, "ext0", "up-ext", 18u8),
+        (NS_INT, "int0", "up-int", 19u8),
+    ] {
+        ip(&[
+            "link", "add", host_if, "netns", host_ns, "type", "veth", "peer", "name", up_if,
+            "netns", NS_ORCH,
+        ])?;
         ip(&["-n", host_ns, "link", "set", host_if, "up"])?;
         ip(&["-n", NS_ORCH, "link", "set", up_if, "up"])?;
         // Redirected frames need a peer with GRO (or XDP); redirected TCP/UDP needs complete
         // checksums, so no TX checksum offload on the hosts (docs/TOOLCHAIN.md).
-        in_ns(host_ns, &["ethtool", "-K", host_if, "tx", "off", "gro", "on"])?;
+        in_ns(
+            host_ns,
+            &["ethtool", "-K", host_if, "tx", "off", "gro", "on"],
+        )?;
         let mut batch = String::new();
         for h in 1..=HOSTS_PER_SIDE {
             batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
-            batch.push_str(&format!("address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"));
+            batch.push_str(&format!(
+                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"
+            ));
         }
         let other = if side == 18 { 19 } else { 18 };
-        batch.push_str(&format!("route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"));
-        batch.push_str(&format!("route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"));
+        batch.push_str(&format!(
+            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"
+        ));
+        batch.push_str(&format!(
+            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"
+        ));
         let file = state.join(format!("{host_ns}.batch"));
         fs::write(&file, batch)?;
         ip(&["-n", host_ns, "-batch", file.to_str().unwrap()])?;
@@ -232,21 +274,43 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     for k in 1..=n {
         let ns = ns_sgm(k);
         let dl = format!("dl-sgm{k}");
-        ip(&["link", "add", &dl, "netns", NS_ORCH, "type", "veth", "peer", "name", "dl0", "netns", &ns])?;
+        ip(&[
+            "link", "add", &dl, "netns", NS_ORCH, "type", "veth", "peer", "name", "dl0", "netns",
+            &ns,
+        ])?;
         ip(&["-n", NS_ORCH, "link", "set", &dl, "up"])?;
         ip(&["-n", &ns, "link", "set", "dl0", "up"])?;
-        for (br, port, inner) in [("bt-mgmt", format!("mg-sgm{k}"), "mgmt0"), ("bt-sync", format!("sy-sgm{k}"), "sync0")] {
-            ip(&["link", "add", &port, "netns", NS_ORCH, "type", "veth", "peer", "name", inner, "netns", &ns])?;
+        for (br, port, inner) in [
+            ("bt-mgmt", format!("mg-sgm{k}"), "mgmt0"),
+            ("bt-sync", format!("sy-sgm{k}"), "sync0"),
+        ] {
+            ip(&[
+                "link", "add", &port, "netns", NS_ORCH, "type", "veth", "peer", "name", inner,
+                "netns", &ns,
+            ])?;
             ip(&["-n", NS_ORCH, "link", "set", &port, "master", br, "up"])?;
             ip(&["-n", &ns, "link", "set", inner, "up"])?;
         }
-        ip(&["-n", &ns, "address", "add", &format!("198.51.100.{k}/24"), "dev", "mgmt0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "address",
+            "add",
+            &format!("198.51.100.{k}/24"),
+            "dev",
+            "mgmt0",
+        ])?;
     }
     let cfg = config(n, opts.sync);
     let cfg_path = state.join("baton.toml");
     fs::write(&cfg_path, cfg.to_toml())?;
 
-    spawn(NS_ORCH, &state.join("orchestrator.log"), &opts.exe, &["orchestrator", "--config", cfg_path.to_str().unwrap()])?;
+    spawn(
+        NS_ORCH,
+        &state.join("orchestrator.log"),
+        &opts.exe,
+        &["orchestrator", "--config", cfg_path.to_str().unwrap()],
+    )?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
     for k in 1..=n {
         let core = ((k - 1) % cores).to_string();
@@ -254,7 +318,17 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
             &ns_sgm(k),
             &state.join(format!("sgm{k}.log")),
             &opts.exe,
-            &["sgm", "--config", cfg_path.to_str().unwrap(), "--id", &k.to_string(), "--data-port", "dl0", "--worker-core", &core],
+            &[
+                "sgm",
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--id",
+                &k.to_string(),
+                "--data-port",
+                "dl0",
+                "--worker-core",
+                &core,
+            ],
         )?;
     }
     Ok(())
@@ -285,7 +359,10 @@ fn wait_active(sgms: u32) -> Result<Stat, LabError> {
         match client.get::<Stat>("/v1/stat") {
             Ok(stat) => {
                 let members = &stat.groups[0].members;
-                let active = members.iter().filter(|m| m.state == MemberState::Active).count();
+                let active = members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Active)
+                    .count();
                 if active == sgms as usize {
                     return Ok(stat);
                 }
@@ -299,13 +376,22 @@ fn wait_active(sgms: u32) -> Result<Stat, LabError> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(LabError::Timeout { secs: UP_TIMEOUT.as_secs(), detail: last })
+    Err(LabError::Timeout {
+        secs: UP_TIMEOUT.as_secs(),
+        detail: last,
+    })
 }
 
 fn log_tails() -> String {
     let mut out = String::new();
-    let Ok(dir) = fs::read_dir(STATE_DIR) else { return out };
-    let mut logs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+    let Ok(dir) = fs::read_dir(STATE_DIR) else {
+        return out;
+    };
+    let mut logs: Vec<PathBuf> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
     logs.sort();
     for p in logs {
         let text = fs::read_to_string(&p).unwrap_or_default();
@@ -347,7 +433,10 @@ pub fn down() -> Result<Vec<String>, LabError> {
 }
 
 fn pids(ns: &str) -> Result<Vec<i32>, LabError> {
-    Ok(ip(&["netns", "pids", ns])?.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(ip(&["netns", "pids", ns])?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 fn kill_all(ns: &str) -> Result<(), LabError> {

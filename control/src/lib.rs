@@ -10,3 +10,4 @@ pub mod lab;
 pub mod membership;
 pub mod planner;
 pub mod search;
+pub mod traffic;

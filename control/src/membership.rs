@@ -55,7 +55,11 @@ pub struct Membership {
 
 impl Membership {
     /// `members`: (member id, group id) as configured. A member is Down until heard.
-    pub fn new(members: impl IntoIterator<Item = (u32, u32)>, interval: Duration, dead_count: u32) -> Self {
+    pub fn new(
+        members: impl IntoIterator<Item = (u32, u32)>,
+        interval: Duration,
+        dead_count: u32,
+    ) -> Self {
         let members: BTreeMap<u32, Entry> = members
             .into_iter()
             .map(|(id, group)| {
@@ -117,7 +121,11 @@ impl Membership {
                 let was = e.state;
                 match e.state {
                     MemberState::Down => {
-                        e.state = if ready { MemberState::Active } else { MemberState::Joining };
+                        e.state = if ready {
+                            MemberState::Active
+                        } else {
+                            MemberState::Joining
+                        };
                     }
                     MemberState::Joining if ready => e.state = MemberState::Active,
                     _ => {}
@@ -129,7 +137,9 @@ impl Membership {
             Event::Tick => {
                 let dead_after = self.dead_after;
                 for (id, e) in self.members.iter_mut() {
-                    let silent = e.last_heard.is_none_or(|t| now.duration_since(t) > dead_after);
+                    let silent = e
+                        .last_heard
+                        .is_none_or(|t| now.duration_since(t) > dead_after);
                     if matches!(e.state, MemberState::Active | MemberState::Joining) && silent {
                         if e.state == MemberState::Active {
                             out.push(Action::Deactivate(*id));
@@ -165,7 +175,10 @@ impl Membership {
             let now = self.smo(g);
             if self.smo.get(&g).copied().flatten() != now {
                 self.smo.insert(g, now);
-                out.push(Action::Smo { group: g, master: now });
+                out.push(Action::Smo {
+                    group: g,
+                    master: now,
+                });
             }
         }
     }
@@ -183,44 +196,128 @@ mod tests {
     fn join_activate_die() {
         let t0 = Instant::now();
         let mut m = Membership::new([(1, 1), (2, 1)], T, 3);
-        assert_eq!(m.handle(t0, Event::Heartbeat { member: 2, ready: false }), vec![]);
+        assert_eq!(
+            m.handle(
+                t0,
+                Event::Heartbeat {
+                    member: 2,
+                    ready: false
+                }
+            ),
+            vec![]
+        );
         assert_eq!(m.state(2), Some(MemberState::Joining));
         assert_eq!(
-            m.handle(t0, Event::Heartbeat { member: 2, ready: true }),
-            vec![Action::Activate(2), Action::Smo { group: 1, master: Some(2) }]
+            m.handle(
+                t0,
+                Event::Heartbeat {
+                    member: 2,
+                    ready: true
+                }
+            ),
+            vec![
+                Action::Activate(2),
+                Action::Smo {
+                    group: 1,
+                    master: Some(2)
+                }
+            ]
         );
         // A lower id becoming Active takes the master role at once.
         assert_eq!(
-            m.handle(t0, Event::Heartbeat { member: 1, ready: true }),
-            vec![Action::Activate(1), Action::Smo { group: 1, master: Some(1) }]
+            m.handle(
+                t0,
+                Event::Heartbeat {
+                    member: 1,
+                    ready: true
+                }
+            ),
+            vec![
+                Action::Activate(1),
+                Action::Smo {
+                    group: 1,
+                    master: Some(1)
+                }
+            ]
         );
         // Member 1 falls silent; 2 keeps talking.
         let t1 = t0 + Duration::from_millis(250);
-        m.handle(t1, Event::Heartbeat { member: 2, ready: true });
+        m.handle(
+            t1,
+            Event::Heartbeat {
+                member: 2,
+                ready: true,
+            },
+        );
         assert_eq!(m.handle(t1, Event::Tick), vec![]);
         let t2 = t0 + Duration::from_millis(301);
         assert_eq!(
             m.handle(t2, Event::Tick),
-            vec![Action::Deactivate(1), Action::Smo { group: 1, master: Some(2) }]
+            vec![
+                Action::Deactivate(1),
+                Action::Smo {
+                    group: 1,
+                    master: Some(2)
+                }
+            ]
         );
         assert_eq!(m.state(1), Some(MemberState::Down));
         // Unknown members are ignored.
-        assert_eq!(m.handle(t2, Event::Heartbeat { member: 9, ready: true }), vec![]);
+        assert_eq!(
+            m.handle(
+                t2,
+                Event::Heartbeat {
+                    member: 9,
+                    ready: true
+                }
+            ),
+            vec![]
+        );
     }
 
     #[test]
     fn detached_ignores_heartbeats_until_attached() {
         let t0 = Instant::now();
         let mut m = Membership::new([(1, 1)], T, 3);
-        m.handle(t0, Event::Heartbeat { member: 1, ready: true });
+        m.handle(
+            t0,
+            Event::Heartbeat {
+                member: 1,
+                ready: true,
+            },
+        );
         assert_eq!(
             m.handle(t0, Event::Detach(1)),
-            vec![Action::Deactivate(1), Action::Smo { group: 1, master: None }]
+            vec![
+                Action::Deactivate(1),
+                Action::Smo {
+                    group: 1,
+                    master: None
+                }
+            ]
         );
-        assert_eq!(m.handle(t0, Event::Heartbeat { member: 1, ready: true }), vec![]);
+        assert_eq!(
+            m.handle(
+                t0,
+                Event::Heartbeat {
+                    member: 1,
+                    ready: true
+                }
+            ),
+            vec![]
+        );
         assert_eq!(m.state(1), Some(MemberState::Detached));
         m.handle(t0, Event::Attach(1));
-        assert_eq!(m.handle(t0, Event::Heartbeat { member: 1, ready: true })[0], Action::Activate(1));
+        assert_eq!(
+            m.handle(
+                t0,
+                Event::Heartbeat {
+                    member: 1,
+                    ready: true
+                }
+            )[0],
+            Action::Activate(1)
+        );
     }
 
     fn event() -> impl Strategy<Value = (u64, Event)> {
@@ -228,7 +325,8 @@ mod tests {
         (
             0u64..400,
             prop_oneof![
-                (member.clone(), any::<bool>()).prop_map(|(member, ready)| Event::Heartbeat { member, ready }),
+                (member.clone(), any::<bool>())
+                    .prop_map(|(member, ready)| Event::Heartbeat { member, ready }),
                 Just(Event::Tick),
                 member.clone().prop_map(Event::Detach),
                 member.prop_map(Event::Attach),

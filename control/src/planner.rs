@@ -14,11 +14,17 @@ pub fn plan(active: &[u32], buckets: u32) -> Vec<Bucket> {
     (0..buckets as usize)
         .map(|i| match n {
             0 => Bucket::default(),
-            1 => Bucket { active: ids[0], backup: 0 },
+            1 => Bucket {
+                active: ids[0],
+                backup: 0,
+            },
             _ => {
                 let a = i % n;
                 let b = (a + 1 + (i / n) % (n - 1)) % n;
-                Bucket { active: ids[a], backup: ids[b] }
+                Bucket {
+                    active: ids[a],
+                    backup: ids[b],
+                }
             }
         })
         .collect()
@@ -37,10 +43,16 @@ mod tests {
             let share = b as f64 / n as f64;
             for id in &ids {
                 let a = table.iter().filter(|x| x.active == *id).count() as f64;
-                assert!((a - share).abs() <= 0.01 * b as f64, "n={n} active share {a} vs {share}");
+                assert!(
+                    (a - share).abs() <= 0.01 * b as f64,
+                    "n={n} active share {a} vs {share}"
+                );
                 if n > 1 {
                     let k = table.iter().filter(|x| x.backup == *id).count() as f64;
-                    assert!((k - share).abs() <= 0.01 * b as f64, "n={n} backup share {k}");
+                    assert!(
+                        (k - share).abs() <= 0.01 * b as f64,
+                        "n={n} backup share {k}"
+                    );
                 }
             }
             for x in &table {

@@ -8,7 +8,9 @@ pub enum LoadError {
     NotRoot,
     #[error("interface {0:?} does not exist in this network namespace (check `ip link`)")]
     NoSuchInterface(String),
-    #[error("the eBPF object has no program {0:?} (stale build? run `cargo clean -p baton-dataplane`)")]
+    #[error(
+        "the eBPF object has no program {0:?} (stale build? run `cargo clean -p baton-dataplane`)"
+    )]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map {0:?} of the expected type")]
     MissingMap(&'static str),

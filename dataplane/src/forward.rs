@@ -165,7 +165,7 @@ impl Forwarder {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         frame::decrement_ttl_v4(ip);
-        self.to_neighbour(f, side, dst, now, out)
+        self.send_to_neighbour(f, side, dst, now, out)
     }
 
     fn ipv6(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
@@ -192,7 +192,7 @@ impl Forwarder {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         ip[7] -= 1;
-        self.to_neighbour(f, side, dst, now, out)
+        self.send_to_neighbour(f, side, dst, now, out)
     }
 
     fn arp(&mut self, f: &[u8], l3: usize, out: &mut Vec<Vec<u8>>) {
@@ -240,7 +240,7 @@ impl Forwarder {
         }
     }
 
-    fn to_neighbour(
+    fn send_to_neighbour(
         &mut self,
         f: &mut [u8],
         side: usize,
@@ -284,7 +284,9 @@ impl Forwarder {
         let s = &self.sides[side];
         match ip {
             IpAddr::V4(t) => s.gw_v4.map(|gw| frame::arp_request(s.vmac, gw, t)),
-            IpAddr::V6(t) => s.gw_v6.map(|gw| frame::neighbour_solicitation(s.vmac, gw, t)),
+            IpAddr::V6(t) => s
+                .gw_v6
+                .map(|gw| frame::neighbour_solicitation(s.vmac, gw, t)),
         }
     }
 
@@ -335,8 +337,20 @@ mod tests {
         };
         Forwarder::new(
             [
-                side(0, "198.18.0.254", "2001:db8:18::fe", "198.18.0.0/24", "2001:db8:18::/64"),
-                side(1, "198.19.0.254", "2001:db8:19::fe", "198.19.0.0/24", "2001:db8:19::/64"),
+                side(
+                    0,
+                    "198.18.0.254",
+                    "2001:db8:18::fe",
+                    "198.18.0.0/24",
+                    "2001:db8:18::/64",
+                ),
+                side(
+                    1,
+                    "198.19.0.254",
+                    "2001:db8:19::fe",
+                    "198.19.0.0/24",
+                    "2001:db8:19::/64",
+                ),
             ],
             NeighbourLimits::default(),
         )
@@ -429,7 +443,11 @@ mod tests {
                 };
                 let expected = icmp
                     .icmp_type()
-                    .calc_checksum(ip.header().source(), ip.header().destination(), icmp.payload())
+                    .calc_checksum(
+                        ip.header().source(),
+                        ip.header().destination(),
+                        icmp.payload(),
+                    )
                     .unwrap();
                 assert_eq!(icmp.checksum(), expected, "NS checksum");
             }
@@ -437,7 +455,12 @@ mod tests {
         }
         // The advertisement comes back (broadcast by the orchestrator).
         let host_mac = [0x02, 0, 0, 0, 0, 0x33];
-        let na = frame::neighbour_advertisement(host_mac, dst, VMAC[0], "2001:db8:18::fe".parse().unwrap());
+        let na = frame::neighbour_advertisement(
+            host_mac,
+            dst,
+            VMAC[0],
+            "2001:db8:18::fe".parse().unwrap(),
+        );
         let mut na = na;
         out.clear();
         assert_eq!(fw.process(&mut na, now, &mut out), Verdict::Consumed);
@@ -457,18 +480,33 @@ mod tests {
             Verdict::Drop(DropReason::Truncated)
         );
         let mut f = udp4([198, 18, 0, 1], [203, 0, 113, 1], 64);
-        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::NoRoute));
+        assert_eq!(
+            fw.process(&mut f, now, &mut out),
+            Verdict::Drop(DropReason::NoRoute)
+        );
         let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 1);
-        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::TtlExceeded));
+        assert_eq!(
+            fw.process(&mut f, now, &mut out),
+            Verdict::Drop(DropReason::TtlExceeded)
+        );
         let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
         f[14] = 0x43; // IHL 3
-        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::Malformed));
+        assert_eq!(
+            fw.process(&mut f, now, &mut out),
+            Verdict::Drop(DropReason::Malformed)
+        );
         let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
         f.truncate(20);
-        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::Truncated));
+        assert_eq!(
+            fw.process(&mut f, now, &mut out),
+            Verdict::Drop(DropReason::Truncated)
+        );
         let mut f = vec![0u8; 60];
         f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-        assert_eq!(fw.process(&mut f, now, &mut out), Verdict::Drop(DropReason::NotIp));
+        assert_eq!(
+            fw.process(&mut f, now, &mut out),
+            Verdict::Drop(DropReason::NotIp)
+        );
         assert!(out.is_empty());
     }
 
@@ -497,7 +535,10 @@ mod tests {
         fw.tick(t0 + Duration::from_millis(20), &mut out);
         assert_eq!(out.len(), 2, "asked again");
         fw.tick(t0 + Duration::from_millis(40), &mut out);
-        assert_eq!(fw.dropped_held[DropReason::NeighbourUnreachable as usize], 2);
+        assert_eq!(
+            fw.dropped_held[DropReason::NeighbourUnreachable as usize],
+            2
+        );
         assert!(fw.neighbour("198.19.0.9".parse().unwrap()).is_none());
     }
 }

@@ -147,14 +147,29 @@ fn icmpv6_frame(
 /// A neighbour solicitation for `target` to its solicited-node multicast address.
 pub fn neighbour_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     let t = target.octets();
-    let dst = Ipv6Addr::from([0xff02, 0, 0, 0, 0, 1, 0xff00 | t[13] as u16, u16::from_be_bytes([t[14], t[15]])]);
+    let dst = Ipv6Addr::from([
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | t[13] as u16,
+        u16::from_be_bytes([t[14], t[15]]),
+    ]);
     let mut msg = [0u8; 32];
     msg[0] = 135;
     msg[8..24].copy_from_slice(&t);
     msg[24] = 1; // source link-layer address
     msg[25] = 1;
     msg[26..32].copy_from_slice(&mac);
-    icmpv6_frame([0x33, 0x33, 0xff, t[13], t[14], t[15]], mac, src, dst, &mut msg)
+    icmpv6_frame(
+        [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+        mac,
+        src,
+        dst,
+        &mut msg,
+    )
 }
 
 /// A solicited neighbour advertisement of `target` at `mac`, to `dst_ip` at `dst_mac`.
@@ -182,7 +197,14 @@ mod tests {
     fn incremental_ttl_checksum_matches_full_recompute() {
         for ttl in [2u8, 64, 128, 255] {
             for id in [0u16, 1, 0xffff, 0x1234] {
-                let mut h = etherparse::Ipv4Header::new(10, ttl, etherparse::IpNumber::UDP, [198, 18, 0, 1], [198, 19, 0, 7]).unwrap();
+                let mut h = etherparse::Ipv4Header::new(
+                    10,
+                    ttl,
+                    etherparse::IpNumber::UDP,
+                    [198, 18, 0, 1],
+                    [198, 19, 0, 7],
+                )
+                .unwrap();
                 h.identification = id;
                 h.header_checksum = h.calc_header_checksum();
                 let mut b = h.to_bytes().to_vec();

@@ -10,14 +10,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use baton_common::{
-    bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GroupConf,
-    MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX, MEMBER_ID_MAX,
+    bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GroupConf, MemberStats,
+    UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX, MEMBER_ID_MAX,
 };
 
 use crate::error::LoadError;
 
 /// The eBPF object built by `build.rs`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baton-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baton-ebpf"));
 
 /// Interface index of `name`, or a clear error.
 pub fn ifindex(name: &str) -> Result<u32, LoadError> {
@@ -36,8 +37,8 @@ fn load_object() -> Result<Ebpf, LoadError> {
     EbpfLoader::new().load(EBPF_OBJECT).map_err(LoadError::from)
 }
 
-fn attach(ebpf: &mut Ebpf, prog: &'static str, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
-    ifindex(iface)?;
+/// The program, loaded into the kernel (once).
+fn loaded<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut Xdp, LoadError> {
     let p: &mut Xdp = ebpf
         .program_mut(prog)
         .ok_or(LoadError::MissingProgram(prog))?
@@ -46,6 +47,17 @@ fn attach(ebpf: &mut Ebpf, prog: &'static str, iface: &str, mode: XdpMode) -> Re
     if p.fd().is_err() {
         p.load().map_err(|e| LoadError::Program(prog, e))?;
     }
+    Ok(p)
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(), LoadError> {
+    ifindex(iface)?;
+    let p = loaded(ebpf, prog)?;
     p.attach(iface, mode).map_err(|e| LoadError::Attach {
         prog,
         iface: iface.to_string(),
@@ -86,32 +98,93 @@ impl Orchestrator {
     pub fn load(driver: bool) -> Result<Self, LoadError> {
         Ok(Self {
             ebpf: load_object()?,
-            mode: if driver { XdpMode::Driver } else { XdpMode::Default },
+            mode: if driver {
+                XdpMode::Driver
+            } else {
+                XdpMode::Default
+            },
         })
     }
 
     /// Configures and attaches `distribute` to an uplink.
     pub fn attach_uplink(&mut self, iface: &str, conf: UplinkConf) -> Result<u32, LoadError> {
         let idx = ifindex(iface)?;
+        self.configure_uplink(idx, conf)?;
+        attach(&mut self.ebpf, programs::DISTRIBUTE, iface, self.mode)?;
+        Ok(idx)
+    }
+
+    /// Writes an uplink's settings (what `attach_uplink` does short of attaching).
+    pub fn configure_uplink(&mut self, idx: u32, conf: UplinkConf) -> Result<(), LoadError> {
         if conf.group >= GROUPS_MAX {
-            return Err(LoadError::Config(format!("group index {} out of range", conf.group)));
+            return Err(LoadError::Config(format!(
+                "group index {} out of range",
+                conf.group
+            )));
         }
-        let mut uplinks: HashMap<&mut MapData, u32, UplinkConf> = map(&mut self.ebpf, names::UPLINKS)?;
+        let mut uplinks: HashMap<&mut MapData, u32, UplinkConf> =
+            map(&mut self.ebpf, names::UPLINKS)?;
         uplinks.insert(idx, conf, 0)?;
         let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::UPLINK_PORTS)?;
         ports.insert(idx, idx, None, 0)?;
-        attach(&mut self.ebpf, programs::DISTRIBUTE, iface, self.mode)?;
-        Ok(idx)
+        Ok(())
     }
 
     /// Configures and attaches `egress` to the downlink towards one member.
     pub fn attach_downlink(&mut self, iface: &str, conf: DownlinkConf) -> Result<u32, LoadError> {
         let idx = ifindex(iface)?;
+        self.configure_downlink(idx, conf)?;
+        attach(&mut self.ebpf, programs::EGRESS, iface, self.mode)?;
+        Ok(idx)
+    }
+
+    /// Writes a downlink's settings without attaching.
+    pub fn configure_downlink(&mut self, idx: u32, conf: DownlinkConf) -> Result<(), LoadError> {
         let mut downlinks: HashMap<&mut MapData, u32, DownlinkConf> =
             map(&mut self.ebpf, names::DOWNLINKS)?;
         downlinks.insert(idx, conf, 0)?;
-        attach(&mut self.ebpf, programs::EGRESS, iface, self.mode)?;
-        Ok(idx)
+        Ok(())
+    }
+
+    /// Runs a program once on `frame` in the kernel (`BPF_PROG_TEST_RUN`) as if it arrived
+    /// on `ingress_ifindex`. Returns the XDP action and the frame as the program left it.
+    pub fn test_run(
+        &mut self,
+        prog: &'static str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), LoadError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let (action, len, _) =
+            self.test_run_repeat(prog, frame, ingress_ifindex, 1, Some(&mut out))?;
+        out.truncate(len);
+        Ok((action, out))
+    }
+
+    /// Like [`Self::test_run`], `repeat` times; also returns the kernel's mean time per run.
+    pub fn test_run_repeat(
+        &mut self,
+        prog: &'static str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+        out: Option<&mut [u8]>,
+    ) -> Result<(u32, usize, std::time::Duration), LoadError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let p = loaded(&mut self.ebpf, prog)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: out,
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let r = p.test_run(opts).map_err(|e| LoadError::Program(prog, e))?;
+        Ok((r.return_value, r.data_size_out as usize, r.duration))
     }
 
     pub fn set_group(&mut self, group: u32, conf: GroupConf) -> Result<(), LoadError> {
@@ -242,11 +315,17 @@ pub struct Member {
 
 impl Member {
     pub fn load() -> Result<Self, LoadError> {
-        Ok(Self { ebpf: load_object()? })
+        Ok(Self {
+            ebpf: load_object()?,
+        })
     }
 
     pub fn attach_steer(&mut self, iface: &str, driver: bool) -> Result<(), LoadError> {
-        let mode = if driver { XdpMode::Driver } else { XdpMode::Default };
+        let mode = if driver {
+            XdpMode::Driver
+        } else {
+            XdpMode::Default
+        };
         attach(&mut self.ebpf, programs::STEER, iface, mode)
     }
 
@@ -260,6 +339,9 @@ impl Member {
     /// `steer` counters: (frames handed to a socket, frames with no socket).
     pub fn steer_stats(&self) -> Result<(u64, u64), LoadError> {
         let c = sum_counters(&self.ebpf, names::STEER_STATS, &["to_socket", "no_socket"])?;
-        Ok((c[steer_stat::TO_SOCKET as usize].1, c[steer_stat::NO_SOCKET as usize].1))
+        Ok((
+            c[steer_stat::TO_SOCKET as usize].1,
+            c[steer_stat::NO_SOCKET as usize].1,
+        ))
     }
 }

@@ -80,7 +80,8 @@ pub fn run(
     stop: Arc<AtomicBool>,
     ready: impl FnOnce(),
 ) -> Result<(), PortError> {
-    let ring = QueueSize::new(cfg.ring).map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
+    let ring = QueueSize::new(cfg.ring)
+        .map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
     if cfg.frames < 2 * cfg.ring {
         return Err(PortError::Config(format!(
             "frames ({}) must be at least twice the ring size ({})",
@@ -95,7 +96,8 @@ pub fn run(
         .comp_queue_size(ring)
         .build()
         .map_err(|e| PortError::Config(e.to_string()))?;
-    let count = NonZeroU32::new(cfg.frames).ok_or_else(|| PortError::Config("frames must be > 0".into()))?;
+    let count = NonZeroU32::new(cfg.frames)
+        .ok_or_else(|| PortError::Config("frames must be > 0".into()))?;
     let (umem, descs) = Umem::new(umem_cfg, count, false).map_err(|e| PortError::Umem {
         frames: cfg.frames,
         frame_size: cfg.frame_size,
@@ -118,7 +120,8 @@ pub fn run(
             queue: cfg.queue,
             detail: e.to_string(),
         })?;
-    let (mut fq, mut cq) = fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
+    let (mut fq, mut cq) =
+        fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
     member.register_socket(cfg.queue, rx.fd().as_raw_fd())?;
 
     // Half the frames wait in the fill ring for packets; the other half are free for frames
@@ -152,13 +155,14 @@ pub fn run(
 
         let n = unsafe { rx.consume(&mut batch) };
         let now = Instant::now();
+        // Neighbour retries run on time, busy or idle.
+        if now.duration_since(last_tick) >= Duration::from_millis(100) {
+            last_tick = now;
+            fwd.tick(now, &mut extra);
+        }
         if n == 0 {
             if fq.needs_wakeup() {
                 fq.wakeup(rx.fd_mut(), 0)?;
-            }
-            if now.duration_since(last_tick) >= Duration::from_millis(100) {
-                last_tick = now;
-                fwd.tick(now, &mut extra);
             }
             if extra.is_empty() {
                 rx.poll(poll_ms)?;
@@ -208,7 +212,9 @@ pub fn run(
             let sent = unsafe { tx.produce_and_wakeup(&send)? };
             if sent < send.len() {
                 // TX ring full: give the frames back rather than wait.
-                stats.tx_full.fetch_add((send.len() - sent) as u64, Ordering::Relaxed);
+                stats
+                    .tx_full
+                    .fetch_add((send.len() - sent) as u64, Ordering::Relaxed);
                 recycle.extend_from_slice(&send[sent..]);
             }
             send.clear();

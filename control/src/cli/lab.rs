@@ -22,7 +22,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up { sgms, no_sync } => {
             let exe = std::env::current_exe()?;
-            let stat = lab::up(&LabOptions { sgms, sync: !no_sync, exe })?;
+            let stat = lab::up(&LabOptions {
+                sgms,
+                sync: !no_sync,
+                exe,
+            })?;
             let g = &stat.groups[0];
             println!(
                 "lab up: {} members active, SMO master {}; hosts bt-ext (198.18.0.1-63) and bt-int (198.19.0.1-63)",

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod demo;
 mod lab;
 mod search;
 mod stat;
@@ -14,10 +15,19 @@ use crate::daemon;
 pub const EXIT_NO_ORCHESTRATOR: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Baton: a kernel-bypass packet distributor (a software Maestro)")]
+#[command(
+    name = "baton",
+    version,
+    about = "Baton: a kernel-bypass packet distributor (a software Maestro)"
+)]
 pub struct Cli {
     /// The orchestrator's API socket.
-    #[arg(long, global = true, env = "BATON_API", default_value = "/run/baton/api.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_API",
+        default_value = "/run/baton/api.sock"
+    )]
     api: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -34,6 +44,8 @@ enum Command {
     Stat(stat::StatArgs),
     /// Which member is active and which is backup for a connection.
     Search(search::SearchArgs),
+    /// Bring up a lab, run traffic through it with a live status, tear it down.
+    Demo(demo::DemoArgs),
     /// Run the orchestrator daemon.
     Orchestrator {
         #[arg(long)]
@@ -60,9 +72,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Lab { command } => lab::run(command),
         Command::Stat(args) => stat::run(&client, args),
+        Command::Demo(args) => demo::run(&client, args),
         Command::Search(args) => search::run(&client, args),
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
-        Command::Sgm { config, id, data_port, worker_core } => daemon::member::run(daemon::member::Options {
+        Command::Sgm {
+            config,
+            id,
+            data_port,
+            worker_core,
+        } => daemon::member::run(daemon::member::Options {
             config: &config,
             id,
             data_port,
@@ -70,7 +88,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
     };
     match result {
-        Err(e) if matches!(e.downcast_ref(), Some(baton_control::api::ApiError::NotRunning(_))) => {
+        Err(e)
+            if matches!(
+                e.downcast_ref(),
+                Some(baton_control::api::ApiError::NotRunning(_))
+            ) =>
+        {
             eprintln!("baton: {e:#}");
             Ok(ExitCode::from(EXIT_NO_ORCHESTRATOR))
         }

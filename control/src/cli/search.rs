@@ -35,7 +35,13 @@ pub fn run(client: &Client, a: SearchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         let show = |m: Option<u32>| m.map_or("none".to_string(), |m| m.to_string());
-        println!("group {} bucket {}: active member {}, backup member {}", r.group, r.bucket, show(r.active), show(r.backup));
+        println!(
+            "group {} bucket {}: active member {}, backup member {}",
+            r.group,
+            r.bucket,
+            show(r.active),
+            show(r.backup)
+        );
     }
     Ok(())
 }

@@ -25,7 +25,15 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
         );
         println!(
             "  {:>3} {:<9} {:>3} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7}",
-            "id", "state", "smo", "rx_packets", "tx_packets", "drops", "b_active", "b_backup", "policy"
+            "id",
+            "state",
+            "smo",
+            "rx_packets",
+            "tx_packets",
+            "drops",
+            "b_active",
+            "b_backup",
+            "policy"
         );
         for m in &g.members {
             println!(
@@ -43,9 +51,17 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
         }
     }
     for u in &stat.uplinks {
-        println!("uplink {} ({}, group {}): rx {} packets, {} bytes", u.iface, u.role, u.group, u.rx_packets, u.rx_bytes);
+        println!(
+            "uplink {} ({}, group {}): rx {} packets, {} bytes",
+            u.iface, u.role, u.group, u.rx_packets, u.rx_bytes
+        );
     }
-    let nonzero: Vec<String> = stat.events.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    let nonzero: Vec<String> = stat
+        .events
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if !nonzero.is_empty() {
         println!("xdp events: {}", nonzero.join(" "));
     }

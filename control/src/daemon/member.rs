@@ -34,7 +34,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let config = Config::load(opts.config)?;
     let group = config
         .group_of(opts.id)
-        .with_context(|| format!("member {} is not in any group of {}", opts.id, opts.config.display()))?
+        .with_context(|| {
+            format!(
+                "member {} is not in any group of {}",
+                opts.id,
+                opts.config.display()
+            )
+        })?
         .clone();
     let mut programs = Member::load()?;
     programs.attach_steer(&opts.data_port, config.orchestrator.xdp_driver_mode)?;
@@ -45,22 +51,29 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let stats = Arc::new(PortStats::default());
     let ready = Arc::new(AtomicBool::new(false));
     let fwd = Forwarder::new(group.sides(), NeighbourLimits::default());
-    let port_cfg = PortConfig { iface: opts.data_port.clone(), ..Default::default() };
+    let port_cfg = PortConfig {
+        iface: opts.data_port.clone(),
+        ..Default::default()
+    };
 
     let worker = {
         let (stats, stop, ready) = (stats.clone(), stop.clone(), ready.clone());
         let core = opts.worker_core;
-        std::thread::Builder::new().name("worker0".into()).spawn(move || {
-            if let Some(c) = core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
-                    tracing::warn!(core = c, "could not pin the worker");
+        std::thread::Builder::new()
+            .name("worker0".into())
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                        tracing::warn!(core = c, "could not pin the worker");
+                    }
                 }
-            }
-            let r = port::run(&port_cfg, &mut programs, fwd, stats, stop.clone(), || ready.store(true, Ordering::Release));
-            // A dead data path must not keep sending heartbeats.
-            stop.store(true, Ordering::Release);
-            r
-        })?
+                let r = port::run(&port_cfg, &mut programs, fwd, stats, stop.clone(), || {
+                    ready.store(true, Ordering::Release)
+                });
+                // A dead data path must not keep sending heartbeats.
+                stop.store(true, Ordering::Release);
+                r
+            })?
     };
 
     super::raise_priority("ccp");
@@ -106,7 +119,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
-    let r = worker.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    let r = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("worker panicked"))?;
     r.context("data port")?;
     tracing::info!("member stopped");
     Ok(())

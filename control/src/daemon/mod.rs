@@ -10,6 +10,10 @@ pub fn raise_priority(what: &str) {
     // SAFETY: plain syscall on the calling thread (pid 0).
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc != 0 {
-        tracing::warn!(thread = what, "could not raise scheduling priority: {}", std::io::Error::last_os_error());
+        tracing::warn!(
+            thread = what,
+            "could not raise scheduling priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -58,7 +58,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     for g in &config.groups {
         let slot = g.slot();
         let flood = |role: Role| -> anyhow::Result<u32> {
-            let up = g.uplinks.iter().find(|u| u.role == role).context("group without uplink")?;
+            let up = g
+                .uplinks
+                .iter()
+                .find(|u| u.role == role)
+                .context("group without uplink")?;
             Ok(ifindex(&up.iface)?)
         };
         programs.set_group(
@@ -103,13 +107,22 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         for m in &g.members {
             let idx = programs
-                .attach_downlink(&m.downlink, DownlinkConf { group: slot, member: m.id })
+                .attach_downlink(
+                    &m.downlink,
+                    DownlinkConf {
+                        group: slot,
+                        member: m.id,
+                    },
+                )
                 .with_context(|| format!("downlink {} of member {}", m.downlink, m.id))?;
             downlinks.insert(m.id, idx);
         }
     }
     let membership = Membership::new(
-        config.groups.iter().flat_map(|g| g.members.iter().map(move |m| (m.id, g.id))),
+        config
+            .groups
+            .iter()
+            .flat_map(|g| g.members.iter().map(move |m| (m.id, g.id))),
         Duration::from_millis(config.orchestrator.heartbeat_interval_ms),
         config.orchestrator.dead_count,
     );
@@ -157,7 +170,14 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
     loop {
         let received = match sock.recv_from(&mut buf) {
             Ok((n, from)) => Some((n, from)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
             Err(e) => return Err(e.into()),
         };
         let now = Instant::now();
@@ -165,7 +185,13 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
         if let Some((n, from)) = received {
             match ccp::decode::<Heartbeat>(&buf[..n]) {
                 Some(hb) if s.membership.state(hb.member).is_some() => {
-                    let actions = s.membership.handle(now, Event::Heartbeat { member: hb.member, ready: hb.ready });
+                    let actions = s.membership.handle(
+                        now,
+                        Event::Heartbeat {
+                            member: hb.member,
+                            ready: hb.ready,
+                        },
+                    );
                     s.reports.insert(hb.member, (now, hb.report));
                     apply(&mut s, actions)?;
                     let group = s.membership.group(hb.member).unwrap_or(0);
@@ -177,7 +203,9 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                     };
                     let _ = sock.send_to(&ccp::encode(&ack), from);
                 }
-                Some(hb) => tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored"),
+                Some(hb) => {
+                    tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored")
+                }
                 None => tracing::warn!(%from, bytes = n, "malformed CCP datagram ignored"),
             }
         }
@@ -214,8 +242,15 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
 }
 
 fn replan(s: &mut Shared, member: u32) -> anyhow::Result<()> {
-    let Some(group) = s.membership.group(member) else { return Ok(()) };
-    let g = s.config.groups.iter().find(|g| g.id == group).context("unknown group")?;
+    let Some(group) = s.membership.group(member) else {
+        return Ok(());
+    };
+    let g = s
+        .config
+        .groups
+        .iter()
+        .find(|g| g.id == group)
+        .context("unknown group")?;
     let table = planner::plan(&s.membership.active(group), g.buckets);
     s.programs.install_buckets(g.slot(), &table)?;
     s.tables.insert(group, table);
@@ -233,20 +268,24 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
         }
         std::fs::remove_file(&path)?;
     }
-    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding {}", path.display()))?;
     let app = Router::new()
         .route("/v1/stat", get(stat))
         .route("/v1/search", get(search_bucket))
         .with_state(shared);
     tracing::info!(socket = %path.display(), "API listening");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     let _ = std::fs::remove_file(&path);
     tracing::info!("orchestrator stopped");
     Ok(())
@@ -279,7 +318,9 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 .map(|(t, r)| (Some(now.duration_since(*t).as_millis() as u64), r.clone()))
                 .unwrap_or((None, MemberReport::default()));
             let xdp = s.programs.member_stats(m.id).map_err(internal)?;
-            let count = |f: fn(&Bucket) -> u32| table.map_or(0, |t| t.iter().filter(|b| f(b) == m.id).count() as u32);
+            let count = |f: fn(&Bucket) -> u32| {
+                table.map_or(0, |t| t.iter().filter(|b| f(b) == m.id).count() as u32)
+            };
             members.push(MemberStat {
                 id: m.id,
                 state: s.membership.state(m.id).unwrap_or(MemberState::Down),
@@ -297,7 +338,12 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 last_heartbeat_ms: heard,
             });
         }
-        groups.push(GroupStat { id: g.id, smo, buckets: g.buckets, members });
+        groups.push(GroupStat {
+            id: g.id,
+            smo,
+            buckets: g.buckets,
+            members,
+        });
     }
     let mut uplinks = Vec::new();
     for u in &s.uplinks {
@@ -317,7 +363,11 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    Ok(Json(Stat { groups, uplinks, events }))
+    Ok(Json(Stat {
+        groups,
+        uplinks,
+        events,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -330,25 +380,57 @@ struct SearchQuery {
     proto: Option<String>,
 }
 
-async fn search_bucket(State(shared): State<SharedRef>, Query(q): Query<SearchQuery>) -> Result<Json<SearchResult>, ApiError> {
+async fn search_bucket(
+    State(shared): State<SharedRef>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<SearchResult>, ApiError> {
     let proto = match q.proto.as_deref() {
         None | Some("tcp") => search::TCP,
         Some("udp") => search::UDP,
         Some("sctp") => search::SCTP,
         Some("icmp") => 1,
-        Some(other) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown protocol {other:?}: use tcp, udp, sctp or icmp"))),
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("unknown protocol {other:?}: use tcp, udp, sctp or icmp"),
+            ))
+        }
     };
     let s = shared.lock().unwrap();
     // The ingress uplink is the one whose prefixes hold the source (longest match).
     let uplink = s
         .uplinks
         .iter()
-        .filter_map(|u| u.prefixes.iter().filter(|p| p.contains(&q.src)).map(|p| p.prefix_len()).max().map(|l| (l, u)))
+        .filter_map(|u| {
+            u.prefixes
+                .iter()
+                .filter(|p| p.contains(&q.src))
+                .map(|p| p.prefix_len())
+                .max()
+                .map(|l| (l, u))
+        })
         .max_by_key(|(l, _)| *l)
         .map(|(_, u)| u)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no uplink's prefixes contain {}", q.src)))?;
-    let g = s.config.groups.iter().find(|g| g.id == uplink.group).ok_or_else(|| internal("group missing"))?;
-    let hash = search::packet_hash(uplink.key, q.src, q.dst, proto, q.sport.unwrap_or(0), q.dport.unwrap_or(0));
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no uplink's prefixes contain {}", q.src),
+            )
+        })?;
+    let g = s
+        .config
+        .groups
+        .iter()
+        .find(|g| g.id == uplink.group)
+        .ok_or_else(|| internal("group missing"))?;
+    let hash = search::packet_hash(
+        uplink.key,
+        q.src,
+        q.dst,
+        proto,
+        q.sport.unwrap_or(0),
+        q.dport.unwrap_or(0),
+    );
     let bucket = hash & (g.buckets - 1);
     let table = s.programs.buckets(g.slot()).map_err(internal)?;
     let b = table.get(bucket as usize).copied().unwrap_or_default();

@@ -48,10 +48,7 @@ mod tests {
         for i in 0..1000u32 {
             let a = mix32(i);
             let b = mix32(i + 7919);
-            assert_eq!(
-                flow_hash(a, b, i as u16, 80),
-                flow_hash(b, a, 80, i as u16)
-            );
+            assert_eq!(flow_hash(a, b, i as u16, 80), flow_hash(b, a, 80, i as u16));
         }
     }
 

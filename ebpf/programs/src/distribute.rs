@@ -212,7 +212,8 @@ fn ipv4(ctx: &XdpContext, off: usize, keymode: u32) -> Result<L3, u32> {
         if kind == 3 || kind == 4 || kind == 5 || kind == 11 || kind == 12 {
             let q = l4 + size_of::<IcmpHdr>();
             let inner: *const Ipv4Hdr = ptr_at(ctx, q)?;
-            let (ivhl, ifrag, iproto) = unsafe { ((*inner).vhl, be16((*inner).frag), (*inner).proto) };
+            let (ivhl, ifrag, iproto) =
+                unsafe { ((*inner).vhl, be16((*inner).frag), (*inner).proto) };
             if ivhl >> 4 != 4 || ivhl & 0x0f < 5 {
                 return Err(event::DROP_MALFORMED);
             }
@@ -316,7 +317,8 @@ fn ipv6(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<L3, u32> {
 }
 
 /// Answers a solicitation for the uplink's gateway address with an advertisement of the
-/// side's virtual MAC (XDP_TX, rewritten in place). Anything else goes to the members.
+/// side's virtual MAC (rewritten in place, sent back out by [`reply`]). Anything else goes
+/// to the members.
 #[inline(always)]
 fn neighbour_solicitation(
     ctx: &XdpContext,

@@ -38,7 +38,10 @@ fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
     if dst[0] & 1 == 0 {
-        let k = MacKey { mac: dst, _pad: [0; 2] };
+        let k = MacKey {
+            mac: dst,
+            _pad: [0; 2],
+        };
         if let Some(out) = unsafe { MACS.get(&k) } {
             return UPLINK_PORTS
                 .redirect(*out, 0)

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use baton_common::{
     event, steer_stat, Bucket, DownlinkConf, GroupConf, MacKey, MemberStats, UplinkConf,
-    UplinkStats, BUCKETS_ENTRIES, DOWNLINKS_MAX, GROUPS_MAX, MACS_MAX, MEMBER_SLOTS,
-    UPLINKS_MAX, XSKS_MAX,
+    UplinkStats, BUCKETS_ENTRIES, DOWNLINKS_MAX, GROUPS_MAX, MACS_MAX, MEMBER_SLOTS, UPLINKS_MAX,
+    XSKS_MAX,
 };
 
 #[map]
