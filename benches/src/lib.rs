@@ -1,1 +1,5 @@
-//! Benchmarks live here as they are built (see the benchmark issue).
+//! Benchmarks that compare Baton with a minimal baseline on the same path in the same run,
+//! and the report they write (`target/bench-report/`).
+
+pub mod distributor;
+pub mod report;

@@ -72,6 +72,14 @@ pub struct SearchResult {
     pub backup: Option<u32>,
 }
 
+/// `GET /v1/buckets?group=G`: the live table, member ids by bucket (0: none).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BucketTable {
+    pub group: u32,
+    pub active: Vec<u32>,
+    pub backup: Vec<u32>,
+}
+
 /// Body of every 4xx/5xx answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

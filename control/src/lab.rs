@@ -61,6 +61,9 @@ pub enum LabError {
 pub struct LabOptions {
     pub sgms: u32,
     pub sync: bool,
+    pub mode: Mode,
+    /// L4 ports in the flow key.
+    pub l4: bool,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -112,7 +115,7 @@ pub fn namespaces() -> Result<Vec<String>, LabError> {
 }
 
 /// The lab's configuration file: one group, N members, the contract's addresses.
-pub fn config(sgms: u32, sync: bool) -> Config {
+pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
     let net = |s: &str| s.parse::<IpNet>().expect("lab prefix");
     Config {
         orchestrator: OrchestratorConfig {
@@ -125,8 +128,8 @@ pub fn config(sgms: u32, sync: bool) -> Config {
         groups: vec![GroupConfig {
             id: 1,
             buckets: 4096,
-            mode: Mode::General,
-            l4: false,
+            mode,
+            l4,
             sync,
             uplinks: vec![
                 UplinkConfig {
@@ -301,7 +304,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
             "mgmt0",
         ])?;
     }
-    let cfg = config(n, opts.sync);
+    let cfg = config(n, opts.sync, opts.mode, opts.l4);
     let cfg_path = state.join("baton.toml");
     fs::write(&cfg_path, cfg.to_toml())?;
 

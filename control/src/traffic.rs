@@ -379,6 +379,53 @@ pub fn udp_pairs(
         .collect())
 }
 
+/// Sends one datagram per flow (each from its own source address and port, bound just for
+/// it) from `from_ns` to one receiver in `to_ns`, in bursts of `burst` with `gap` between
+/// them. Returns how many arrived.
+pub fn udp_flows(
+    from_ns: &str,
+    to_ns: &str,
+    flows: &[SocketAddr],
+    dst: SocketAddr,
+    burst: usize,
+    gap: Duration,
+) -> Result<u64, TrafficError> {
+    let rx = join(in_netns(to_ns, move || {
+        UdpSocket::bind(dst).map_err(io(format!("bind {dst}")))
+    }))?;
+    let want = flows.len() as u64;
+    let counter = std::thread::spawn(move || {
+        rx.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        let mut got = 0u64;
+        let mut idle = 0;
+        let mut buf = [0u8; 64];
+        // Stop when all arrived, or after a second without any.
+        while got < want && idle < 5 {
+            match rx.recv(&mut buf) {
+                Ok(_) => {
+                    got += 1;
+                    idle = 0;
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        got
+    });
+    let flows = flows.to_vec();
+    join(in_netns(from_ns, move || {
+        for chunk in flows.chunks(burst.max(1)) {
+            for src in chunk {
+                let s = UdpSocket::bind(src).map_err(io(format!("bind {src}")))?;
+                s.send_to(b"baton", dst)
+                    .map_err(io(format!("send to {dst}")))?;
+            }
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    }))?;
+    counter.join().map_err(|_| TrafficError::Panicked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

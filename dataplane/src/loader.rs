@@ -5,13 +5,14 @@
 use std::{ffi::CString, os::fd::AsRawFd};
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
+    maps::{Array, DevMap, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use baton_common::{
-    bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GroupConf, MemberStats,
-    UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX, MEMBER_ID_MAX,
+    bench, bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GenConf,
+    GroupConf, MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX,
+    MEMBER_ID_MAX,
 };
 
 use crate::error::LoadError;
@@ -281,8 +282,61 @@ impl Orchestrator {
         sum_counters(&self.ebpf, names::EVENTS, &event::NAMES)
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Attaches any program of the object (the benchmarks' `sink`, `bare_redirect`).
+    pub fn attach_program(&mut self, prog: &'static str, iface: &str) -> Result<(), LoadError> {
+        attach(&mut self.ebpf, prog, iface, self.mode)
+    }
+
+    /// Points entry `index` of devmap `name` at `ifindex`.
+    pub fn set_devmap(
+        &mut self,
+        name: &'static str,
+        index: u32,
+        ifindex: u32,
+    ) -> Result<(), LoadError> {
+        let mut m: DevMap<&mut MapData> = map(&mut self.ebpf, name)?;
+        m.set(index, ifindex, None, 0)?;
+        Ok(())
+    }
+
+    /// Configures the `generate` program.
+    pub fn set_generator(&mut self, conf: GenConf) -> Result<(), LoadError> {
+        let mut m: Array<&mut MapData, GenConf> = map(&mut self.ebpf, bench::GEN_CONF)?;
+        m.set(0, conf, 0)?;
+        Ok(())
+    }
+
+    /// Frames and bytes the sinks dropped, summed over CPUs.
+    pub fn sink_stats(&self) -> Result<(u64, u64), LoadError> {
+        let c = sum_counters(&self.ebpf, bench::SINK_STATS, &["packets", "bytes"])?;
+        Ok((c[0].1, c[1].1))
+    }
+
+    /// Sends `count` copies of `frame` through `prog` as live frames (the kernel's fast
+    /// in-kernel generator: whatever the program redirects is really transmitted).
+    /// Returns the wall time the kernel took.
+    pub fn live_frames(
+        &mut self,
+        prog: &'static str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        count: u32,
+        batch: u32,
+    ) -> Result<std::time::Duration, LoadError> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+        let p = loaded(&mut self.ebpf, prog)?;
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: count,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::new()
+        };
+        let start = std::time::Instant::now();
+        p.test_run(opts).map_err(|e| LoadError::Program(prog, e))?;
+        Ok(start.elapsed())
     }
 }
 

@@ -64,9 +64,16 @@ pub struct Lab;
 
 impl Lab {
     pub fn up(sgms: u32) -> Lab {
+        Lab::up_with(&["--sgms", &sgms.to_string()])
+    }
+
+    /// `baton lab up` with these options.
+    pub fn up_with(options: &[&str]) -> Lab {
         let _ = baton(&["lab", "down"]);
         let lab = Lab;
-        baton_ok(&["lab", "up", "--sgms", &sgms.to_string()]);
+        let mut args = vec!["lab", "up"];
+        args.extend_from_slice(options);
+        baton_ok(&args);
         lab
     }
 }
@@ -93,4 +100,34 @@ pub fn member_field(stat: &Value, field: &str) -> Vec<(u64, u64)> {
             )
         })
         .collect()
+}
+
+/// The live bucket table of group 1, from the orchestrator's API.
+pub fn bucket_table() -> baton_control::api::BucketTable {
+    baton_control::api::Client::new(baton_control::config::default_api_socket())
+        .get("/v1/buckets?group=1")
+        .expect("GET /v1/buckets")
+}
+
+/// Kills (SIGKILL) every process of a lab namespace.
+pub fn kill_ns(ns: &str) {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .unwrap();
+    for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        unsafe { libc::kill(p.parse().unwrap(), libc::SIGKILL) };
+    }
+}
+
+/// Polls `stat --json` until `check` holds, for at most `limit`; returns the last document.
+pub fn wait_stat(limit: std::time::Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let s = stat_json();
+        if check(&s) || start.elapsed() > limit {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

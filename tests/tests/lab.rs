@@ -230,7 +230,11 @@ fn missing_pieces_get_one_clear_sentence() {
     let dir = std::env::temp_dir().join("baton-test-config");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("baton.toml");
-    std::fs::write(&cfg, baton_control::lab::config(1, true).to_toml()).unwrap();
+    std::fs::write(
+        &cfg,
+        baton_control::lab::config(1, true, baton_control::config::Mode::General, false).to_toml(),
+    )
+    .unwrap();
     let out = baton(&[
         "sgm",
         "--config",

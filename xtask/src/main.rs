@@ -33,8 +33,9 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup | test [TEST FILTER] | demo [baton demo options]");
+            eprintln!("usage: cargo xtask setup | test [TEST FILTER] | demo [baton demo options] | bench [NAME] [--quick]");
             return ExitCode::from(2);
         }
     };
@@ -217,4 +218,24 @@ fn demo(args: &[String]) -> Result<()> {
             .arg("demo")
             .args(args),
     )
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the benchmarks load XDP programs and build network namespaces: run as root");
+    }
+    run(cmd("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "baton-benches",
+        "--bin",
+        "baton-bench",
+    ]))?;
+    run(cmd(root_dir()
+        .join("target/release/baton-bench")
+        .to_str()
+        .unwrap())
+    .args(args))
 }

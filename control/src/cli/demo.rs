@@ -10,6 +10,7 @@ use std::{
 
 use baton_control::{
     api::{Client, Stat},
+    config::Mode,
     lab::{self, LabOptions, NS_EXT, NS_INT},
     traffic::{self, Progress, TcpFlow},
 };
@@ -48,6 +49,8 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
     let stat = lab::up(&LabOptions {
         sgms: args.sgms,
         sync: true,
+        mode: Mode::General,
+        l4: false,
         exe,
     })?;
     println!(

@@ -1,6 +1,9 @@
 //! `baton lab up|down`.
 
-use baton_control::lab::{self, LabOptions};
+use baton_control::{
+    config::Mode,
+    lab::{self, LabOptions},
+};
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -13,6 +16,12 @@ pub enum LabCommand {
         /// Start the group with HyperSync off.
         #[arg(long)]
         no_sync: bool,
+        /// Distribution mode: general or auto-topology.
+        #[arg(long, default_value = "general", value_parser = parse_mode)]
+        mode: Mode,
+        /// Add L4 ports to the flow key.
+        #[arg(long)]
+        l4: bool,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -20,11 +29,18 @@ pub enum LabCommand {
 
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
-        LabCommand::Up { sgms, no_sync } => {
+        LabCommand::Up {
+            sgms,
+            no_sync,
+            mode,
+            l4,
+        } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
                 sgms,
                 sync: !no_sync,
+                mode,
+                l4,
                 exe,
             })?;
             let g = &stat.groups[0];
@@ -44,4 +60,12 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "general" => Ok(Mode::General),
+        "auto-topology" => Ok(Mode::AutoTopology),
+        _ => Err(format!("unknown mode {s:?}: use general or auto-topology")),
+    }
 }

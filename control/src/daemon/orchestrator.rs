@@ -19,7 +19,7 @@ use axum::{
 };
 use baton_common::{Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
-    api::{ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat},
+    api::{BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat},
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
@@ -225,13 +225,17 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
             Action::Activate(id) => {
                 let idx = *s.downlinks.get(&id).context("member without downlink")?;
                 s.programs.add_member_port(id, idx)?;
-                replan(s, id)?;
+                replan(s, id, |table, active| planner::rebalance(table, active))?;
                 tracing::info!(member = id, "member active");
             }
             Action::Deactivate(id) => {
-                replan(s, id)?;
+                // Its buckets switch to their backups; no other bucket changes hands.
+                replan(s, id, |table, active| planner::fail(table, id, active))?;
                 s.programs.remove_member_port(id)?;
-                tracing::warn!(member = id, "member down: its buckets moved");
+                tracing::warn!(
+                    member = id,
+                    "member down: its buckets moved to their backups"
+                );
             }
             Action::Smo { group, master } => {
                 tracing::info!(group, ?master, "SMO master");
@@ -241,7 +245,11 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn replan(s: &mut Shared, member: u32) -> anyhow::Result<()> {
+fn replan(
+    s: &mut Shared,
+    member: u32,
+    next: impl FnOnce(&[Bucket], &[u32]) -> Vec<Bucket>,
+) -> anyhow::Result<()> {
     let Some(group) = s.membership.group(member) else {
         return Ok(());
     };
@@ -251,7 +259,8 @@ fn replan(s: &mut Shared, member: u32) -> anyhow::Result<()> {
         .iter()
         .find(|g| g.id == group)
         .context("unknown group")?;
-    let table = planner::plan(&s.membership.active(group), g.buckets);
+    let current = s.tables.get(&group).context("group without table")?;
+    let table = next(current, &s.membership.active(group));
     s.programs.install_buckets(g.slot(), &table)?;
     s.tables.insert(group, table);
     Ok(())
@@ -273,6 +282,7 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
     let app = Router::new()
         .route("/v1/stat", get(stat))
         .route("/v1/search", get(search_bucket))
+        .route("/v1/buckets", get(buckets))
         .with_state(shared);
     tracing::info!(socket = %path.display(), "API listening");
     let shutdown = async {
@@ -367,6 +377,32 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         groups,
         uplinks,
         events,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketsQuery {
+    group: u32,
+}
+
+/// The live bucket table of a group, read back from the kernel.
+async fn buckets(
+    State(shared): State<SharedRef>,
+    Query(q): Query<BucketsQuery>,
+) -> Result<Json<BucketTable>, ApiError> {
+    let s = shared.lock().unwrap();
+    let g = s
+        .config
+        .groups
+        .iter()
+        .find(|g| g.id == q.group)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no group {}", q.group)))?;
+    let table = s.programs.buckets(g.slot()).map_err(internal)?;
+    Ok(Json(BucketTable {
+        group: g.id,
+        active: table.iter().map(|b| b.active).collect(),
+        backup: table.iter().map(|b| b.backup).collect(),
     }))
 }
 

@@ -220,3 +220,31 @@ mod pod {
     unsafe impl aya::Pod for MemberStats {}
     unsafe impl aya::Pod for UplinkStats {}
 }
+
+/// Benchmark programs' map names and settings.
+pub mod bench {
+    pub const BENCH_PORTS: &str = "BENCH_PORTS";
+    pub const GEN_PORTS: &str = "GEN_PORTS";
+    pub const GEN_CONF: &str = "GEN_CONF";
+    pub const GEN_SEQ: &str = "GEN_SEQ";
+    pub const SINK_STATS: &str = "SINK_STATS";
+    pub const BARE_REDIRECT: &str = "bare_redirect";
+    pub const SINK: &str = "sink";
+    pub const GENERATE: &str = "generate";
+}
+
+/// Settings of the `generate` program: each frame gets flow number `seq mod flows`, written
+/// as the low 16 bits of the source address (at `addr_off`) and, above 65536 flows, the
+/// source port (at `port_off`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConf {
+    pub flows: u32,
+    pub addr_off: u32,
+    pub port_off: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<GenConf>() == 16);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GenConf {}

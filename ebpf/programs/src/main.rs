@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod distribute;
 mod egress;
 mod maps;

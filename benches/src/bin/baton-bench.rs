@@ -1,0 +1,62 @@
+//! `baton-bench [NAME] [--quick]`: runs the benchmarks (all, or one by name), prints one
+//! line per figure and writes target/bench-report/<name>.json. Needs root.
+
+use baton_benches::{
+    distributor::{self, Size},
+    report::{self, Figure},
+};
+
+fn line(f: &Figure) {
+    match f.name.as_str() {
+        "distributor_cost" => println!(
+            "distributor_cost ns_per_pkt={:.1} baseline_ns_per_pkt={:.1} ratio={:.2}",
+            f.median, f.baseline_median, f.ratio
+        ),
+        "distributor_throughput" => println!(
+            "distributor_throughput mpps={:.2} baseline_mpps={:.2} ratio={:.2}",
+            f.median, f.baseline_median, f.ratio
+        ),
+        _ => println!(
+            "{} {}={:.3} baseline={:.3} ratio={:.2}",
+            f.name, f.unit, f.median, f.baseline_median, f.ratio
+        ),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let size = if quick { Size::quick() } else { Size::full() };
+    let names: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let all = ["distributor"];
+    for name in &names {
+        if !all.contains(name) {
+            anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
+        }
+    }
+    let selected: Vec<&str> = if names.is_empty() {
+        all.to_vec()
+    } else {
+        names
+    };
+    for name in selected {
+        eprintln!("running {name}{} ...", if quick { " (quick)" } else { "" });
+        let figures = match name {
+            "distributor" => {
+                let cost = distributor::cost(size)?;
+                line(&cost);
+                let tput = distributor::throughput(size)?;
+                line(&tput);
+                vec![cost, tput]
+            }
+            _ => unreachable!(),
+        };
+        let path = report::write(name, &figures)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

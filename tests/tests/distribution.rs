@@ -1,0 +1,117 @@
+//! The distributor in the lab: many flows spread as the bucket table says, and a dead
+//! member's buckets move to their backups and nowhere else.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use baton_common::key;
+use baton_control::{
+    lab::{ns_sgm, NS_EXT, NS_INT},
+    search, traffic,
+};
+use baton_tests::*;
+
+#[test]
+fn ten_thousand_flows_spread_as_the_table_says() {
+    let _lab = Lab::up_with(&["--sgms", "3", "--l4"]);
+    let dst = SocketAddr::from(([198, 19, 0, 1], 9000));
+    // Resolve the next hop on every member first, so no flow waits on ARP.
+    let out = in_ns(NS_EXT, &["ping", "-c", "1", "-W", "2", "198.19.0.1"]);
+    assert!(out.status.success());
+    let flows: Vec<SocketAddr> = (1..=63u8)
+        .flat_map(|h| (0..160u16).map(move |p| SocketAddr::from(([198, 18, 0, h], 20000 + p))))
+        .collect();
+    assert!(flows.len() >= 10_000);
+    let table = bucket_table();
+    let mut expected = [0u64; 4];
+    for f in &flows {
+        let h = search::packet_hash(
+            key::BOTH | key::F_PORTS,
+            f.ip(),
+            dst.ip(),
+            search::UDP,
+            f.port(),
+            dst.port(),
+        );
+        expected[table.active[(h & 4095) as usize] as usize] += 1;
+    }
+    let before = member_field(&stat_json(), "to_member_packets");
+    let arrived =
+        traffic::udp_flows(NS_EXT, NS_INT, &flows, dst, 200, Duration::from_millis(3)).unwrap();
+    let after = member_field(&stat_json(), "to_member_packets");
+    let total = flows.len() as u64;
+    assert!(
+        arrived >= total * 99 / 100,
+        "{arrived} of {total} datagrams arrived"
+    );
+    for ((id, a), (_, b)) in after.iter().zip(&before) {
+        let got = a - b;
+        let want = expected[*id as usize];
+        // Besides the flows, a member sees a few ARP/ND frames.
+        assert!(
+            got >= want && got <= want + 20,
+            "member {id}: {got} frames, plan says {want}"
+        );
+        assert!(
+            want > total / 5,
+            "member {id} planned {want} of {total}: unbalanced"
+        );
+    }
+}
+
+#[test]
+fn a_dead_members_buckets_move_to_their_backups_only() {
+    let _lab = Lab::up(3);
+    let before = bucket_table();
+    let start = Instant::now();
+    kill_ns(&ns_sgm(1));
+    let stat = wait_stat(Duration::from_secs(3), |s| {
+        s["groups"][0]["members"][0]["state"] == "down"
+    });
+    let detected = start.elapsed();
+    assert_eq!(
+        stat["groups"][0]["members"][0]["state"], "down",
+        "member 1 declared down"
+    );
+    // 3 heartbeats of 100 ms, a quarter interval of tick, and the polling here.
+    assert!(
+        detected < Duration::from_millis(1000),
+        "detection took {detected:?}"
+    );
+    assert_eq!(stat["groups"][0]["smo"], 2, "the next lowest id is master");
+    assert_eq!(stat["groups"][0]["members"][1]["smo"], true);
+    let after = bucket_table();
+    let mut moved = 0;
+    for i in 0..before.active.len() {
+        if before.active[i] == 1 {
+            assert_eq!(
+                after.active[i], before.backup[i],
+                "bucket {i} goes to its backup"
+            );
+            moved += 1;
+        } else {
+            assert_eq!(
+                after.active[i], before.active[i],
+                "bucket {i} of a survivor stays"
+            );
+        }
+        assert_ne!(
+            after.backup[i], 1,
+            "no bucket is backed up by the dead member"
+        );
+        assert_ne!(after.backup[i], after.active[i]);
+        assert_ne!(
+            after.backup[i], 0,
+            "two survivors: every bucket has a backup"
+        );
+    }
+    assert!(moved > 1000, "member 1 had its share of buckets ({moved})");
+    // Traffic of every bucket flows again, the dead member's through the backups.
+    for h in 1..=8u8 {
+        let dst = IpAddr::from([198, 19, 0, h]);
+        let out = in_ns(NS_EXT, &["ping", "-c", "1", "-W", "2", &dst.to_string()]);
+        assert!(out.status.success(), "ping {dst} after the failover");
+    }
+}
