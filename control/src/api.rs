@@ -59,8 +59,14 @@ pub struct UplinkStat {
     pub iface: String,
     pub group: u32,
     pub role: String,
+    /// Flow-key mode of the uplink: general, network (source) or user (destination), and
+    /// whether L4 ports are in the key.
+    pub mode: String,
+    pub l4: bool,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 /// `GET /v1/search?src=…&dst=…[&sport=…&dport=…&proto=…]`.

@@ -5,14 +5,14 @@
 use std::{ffi::CString, os::fd::AsRawFd};
 
 use aya::{
-    maps::{Array, DevMap, DevMapHash, HashMap, MapData, PerCpuArray, XskMap},
+    maps::{Array, DevMap, DevMapHash, MapData, PerCpuArray, XskMap},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use baton_common::{
     bench, bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GenConf,
-    GroupConf, MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX,
-    MEMBER_ID_MAX,
+    GroupConf, MacKey, MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX,
+    IFINDEX_MAX, MEMBER_ID_MAX, UPLINKS_MAX,
 };
 
 use crate::error::LoadError;
@@ -117,15 +117,17 @@ impl Orchestrator {
 
     /// Writes an uplink's settings (what `attach_uplink` does short of attaching).
     pub fn configure_uplink(&mut self, idx: u32, conf: UplinkConf) -> Result<(), LoadError> {
-        if conf.group >= GROUPS_MAX {
+        if conf.group >= GROUPS_MAX || conf.slot >= UPLINKS_MAX {
             return Err(LoadError::Config(format!(
-                "group index {} out of range",
-                conf.group
+                "uplink slot {} or group index {} out of range",
+                conf.slot, conf.group
             )));
         }
-        let mut uplinks: HashMap<&mut MapData, u32, UplinkConf> =
-            map(&mut self.ebpf, names::UPLINKS)?;
-        uplinks.insert(idx, conf, 0)?;
+        check_ifindex(idx)?;
+        let mut uplinks: Array<&mut MapData, UplinkConf> = map(&mut self.ebpf, names::UPLINKS)?;
+        uplinks.set(conf.slot, conf, 0)?;
+        let mut slots: Array<&mut MapData, u32> = map(&mut self.ebpf, names::UPLINK_SLOT)?;
+        slots.set(idx, conf.slot + 1, 0)?;
         let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::UPLINK_PORTS)?;
         ports.insert(idx, idx, None, 0)?;
         Ok(())
@@ -141,9 +143,11 @@ impl Orchestrator {
 
     /// Writes a downlink's settings without attaching.
     pub fn configure_downlink(&mut self, idx: u32, conf: DownlinkConf) -> Result<(), LoadError> {
-        let mut downlinks: HashMap<&mut MapData, u32, DownlinkConf> =
+        check_ifindex(idx)?;
+        check_member(conf.member)?;
+        let mut downlinks: Array<&mut MapData, DownlinkConf> =
             map(&mut self.ebpf, names::DOWNLINKS)?;
-        downlinks.insert(idx, conf, 0)?;
+        downlinks.set(idx, conf, 0)?;
         Ok(())
     }
 
@@ -233,16 +237,19 @@ impl Orchestrator {
     /// Makes member `id` reachable through downlink `ifindex` (it is Active).
     pub fn add_member_port(&mut self, id: u32, ifindex: u32) -> Result<(), LoadError> {
         check_member(id)?;
-        let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_PORTS)?;
-        ports.insert(id, ifindex, None, 0)?;
+        let mut ports: DevMap<&mut MapData> = map(&mut self.ebpf, names::MEMBER_PORTS)?;
+        ports.set(id, ifindex, None, 0)?;
+        let mut bcast: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_BCAST)?;
+        bcast.insert(id, ifindex, None, 0)?;
         Ok(())
     }
 
-    /// Stops sending to member `id` (it left Active).
+    /// Stops broadcasting to member `id` (it left Active). Its unicast entry stays: no
+    /// bucket points at it any more, and a rejoin overwrites it.
     pub fn remove_member_port(&mut self, id: u32) -> Result<(), LoadError> {
         check_member(id)?;
-        let mut ports: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_PORTS)?;
-        match ports.remove(id) {
+        let mut bcast: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_BCAST)?;
+        match bcast.remove(id) {
             Ok(()) => Ok(()),
             // Not there: already removed.
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -280,6 +287,15 @@ impl Orchestrator {
     /// Event and drop counters (see [`baton_common::event`]) summed over CPUs.
     pub fn events(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
         sum_counters(&self.ebpf, names::EVENTS, &event::NAMES)
+    }
+
+    /// The MAC addresses `distribute` learned, with the uplink ifindex of each.
+    pub fn learned_macs(&self) -> Result<Vec<([u8; 6], u32)>, LoadError> {
+        let m: aya::maps::HashMap<&MapData, MacKey, u32> = map_ro(&self.ebpf, names::MACS)?;
+        Ok(m.iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.mac, v))
+            .collect())
     }
 
     /// Attaches any program of the object (the benchmarks' `sink`, `bare_redirect`).
@@ -338,6 +354,15 @@ impl Orchestrator {
         p.test_run(opts).map_err(|e| LoadError::Program(prog, e))?;
         Ok(start.elapsed())
     }
+}
+
+fn check_ifindex(idx: u32) -> Result<(), LoadError> {
+    if idx >= IFINDEX_MAX {
+        return Err(LoadError::Config(format!(
+            "interface index {idx} is beyond the {IFINDEX_MAX} Baton supports; recreate the interface"
+        )));
+    }
+    Ok(())
 }
 
 fn check_member(id: u32) -> Result<(), LoadError> {

@@ -490,7 +490,7 @@ fn fragments_and_icmp_errors_follow_their_connection() {
 fn egress_sends_to_the_learned_uplink_or_floods_the_side() {
     let mut t = bench(key::BOTH);
     let (ext, dl) = (t.ext, t.dl);
-    // The internal host's MAC is learned when it sends on the internal uplink.
+    // An IP frame from the internal host teaches nothing (learning is kept off the per-packet path).
     let from_int = tcp(
         "198.19.0.1".parse().unwrap(),
         "198.18.0.1".parse().unwrap(),
@@ -500,6 +500,18 @@ fn egress_sends_to_the_learned_uplink_or_floods_the_side() {
         VMAC[1],
     );
     t.run(programs::DISTRIBUTE, &from_int, t.int);
+    assert!(
+        t.orch.learned_macs().unwrap().is_empty(),
+        "IP frames do not teach MACs"
+    );
+    // It is learned from its ARP on the internal uplink.
+    let probe = baton_dataplane::frame::arp_request(
+        INT_HOST_MAC,
+        Ipv4Addr::new(198, 19, 0, 1),
+        Ipv4Addr::new(198, 19, 0, 254),
+    );
+    t.run(programs::DISTRIBUTE, &probe, t.int);
+    assert_eq!(t.orch.learned_macs().unwrap(), vec![(INT_HOST_MAC, t.int)]);
     let to_int = tcp(
         "198.18.0.1".parse().unwrap(),
         "198.19.0.1".parse().unwrap(),
@@ -531,4 +543,100 @@ fn egress_sends_to_the_learned_uplink_or_floods_the_side() {
     assert_eq!(t.event(event::DROP_MALFORMED), malformed + 1);
     // Frames on a port that is not a downlink are dropped.
     assert_eq!(t.run(programs::EGRESS, &reply, ext).0, XDP_DROP);
+}
+
+/// Rewrites an IPv4 frame's header with `options` (4-byte multiple) inserted.
+fn with_ipv4_options(f: &[u8], options: &[u8]) -> Vec<u8> {
+    let ihl = ((f[14] & 0x0f) as usize) * 4;
+    let mut v = f[..14 + ihl].to_vec();
+    v.extend_from_slice(options);
+    v.extend_from_slice(&f[14 + ihl..]);
+    v[14] = 0x40 | ((ihl + options.len()) / 4) as u8;
+    let total = (v.len() - 14) as u16;
+    v[16..18].copy_from_slice(&total.to_be_bytes());
+    v
+}
+
+/// Inserts IPv6 extension headers (each `[next, len, ...]`, already chained to the
+/// original next header by the caller) after the fixed header.
+fn with_ipv6_ext(f: &[u8], first: u8, ext: &[u8]) -> Vec<u8> {
+    let mut v = f[..54].to_vec();
+    v.extend_from_slice(ext);
+    v.extend_from_slice(&f[54..]);
+    v[20] = first;
+    let plen = (v.len() - 54) as u16;
+    v[18..20].copy_from_slice(&plen.to_be_bytes());
+    v
+}
+
+#[test]
+fn options_extension_headers_and_other_protocols_follow_their_flow() {
+    let k = key::BOTH | key::F_PORTS;
+    let mut t = bench(k);
+    let e: IpAddr = "198.18.0.7".parse().unwrap();
+    let n: IpAddr = "198.19.0.9".parse().unwrap();
+    let plain = tcp(e, n, 4000, 80, HOST_MAC, VMAC[0]);
+    let owner = t.member_for(&plain, t.ext).unwrap();
+    assert_eq!(owner, t.planned(k, e, n, search::TCP, 4000, 80));
+    // IPv4 options (record route, 12 bytes incl. padding): ports read after them.
+    let opts = with_ipv4_options(&plain, &[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(t.member_for(&opts, t.ext), Some(owner), "IPv4 options");
+
+    // IPv6 hop-by-hop (8 bytes) and destination options (16 bytes) before TCP.
+    let e6: IpAddr = "2001:db8:18::7".parse().unwrap();
+    let n6: IpAddr = "2001:db8:19::9".parse().unwrap();
+    let plain6 = tcp(e6, n6, 4000, 80, HOST_MAC, VMAC[0]);
+    let owner6 = t.member_for(&plain6, t.ext).unwrap();
+    let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0]; // hop-by-hop → destination options
+    ext.extend_from_slice(&[6, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // → TCP
+    let chained = with_ipv6_ext(&plain6, 0, &ext);
+    assert_eq!(
+        t.member_for(&chained, t.ext),
+        Some(owner6),
+        "IPv6 extension headers"
+    );
+
+    // SCTP carries ports like TCP and UDP.
+    let mut sctp = plain.clone();
+    sctp[23] = 132;
+    assert_eq!(
+        t.member_for(&sctp, t.ext),
+        Some(t.planned(k, e, n, search::SCTP, 4000, 80)),
+        "SCTP"
+    );
+    // GRE and ESP have no ports: they hash on addresses alone, even with L4 in the key.
+    for proto in [47u8, 50] {
+        let mut f = plain.clone();
+        f[23] = proto;
+        assert_eq!(
+            t.member_for(&f, t.ext),
+            Some(t.planned(k, e, n, proto, 0, 0)),
+            "protocol {proto}"
+        );
+    }
+
+    // In an L4 mode, fragments hash on addresses only (later fragments have no ports), so
+    // all pieces of a datagram meet on one member: the one for (addresses, no ports).
+    let frag_owner = t.planned(k, e, n, 0, 0, 0);
+    for frag in [0x2000u16, 0x0010, 0x2020] {
+        let mut f = plain.clone();
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+        assert_eq!(
+            t.member_for(&f, t.ext),
+            Some(frag_owner),
+            "IPv4 fragment {frag:#x}"
+        );
+    }
+    // IPv6 fragment header (first and later fragment).
+    for offset_flags in [0x0001u16, 0x0100] {
+        let mut fh = vec![6, 0];
+        fh.extend_from_slice(&offset_flags.to_be_bytes());
+        fh.extend_from_slice(&[0, 0, 0, 42]);
+        let f = with_ipv6_ext(&plain6, 44, &fh);
+        assert_eq!(
+            t.member_for(&f, t.ext),
+            Some(t.planned(k, e6, n6, 0, 0, 0)),
+            "IPv6 fragment {offset_flags:#x}"
+        );
+    }
 }

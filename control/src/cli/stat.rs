@@ -52,8 +52,16 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
     }
     for u in &stat.uplinks {
         println!(
-            "uplink {} ({}, group {}): rx {} packets, {} bytes",
-            u.iface, u.role, u.group, u.rx_packets, u.rx_bytes
+            "uplink {} ({}, group {}, {} mode{}): rx {} packets {} bytes, tx {} packets {} bytes",
+            u.iface,
+            u.role,
+            u.group,
+            u.mode,
+            if u.l4 { " with L4 ports" } else { "" },
+            u.rx_packets,
+            u.rx_bytes,
+            u.tx_packets,
+            u.tx_bytes
         );
     }
     let nonzero: Vec<String> = stat

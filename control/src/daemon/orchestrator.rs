@@ -17,7 +17,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use baton_common::{Bucket, DownlinkConf, GroupConf, UplinkConf};
+use baton_common::{key, Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
     api::{BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat},
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
@@ -225,7 +225,7 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
             Action::Activate(id) => {
                 let idx = *s.downlinks.get(&id).context("member without downlink")?;
                 s.programs.add_member_port(id, idx)?;
-                replan(s, id, |table, active| planner::rebalance(table, active))?;
+                replan(s, id, planner::rebalance)?;
                 tracing::info!(member = id, "member active");
             }
             Action::Deactivate(id) => {
@@ -362,8 +362,17 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
             iface: u.iface.clone(),
             group: u.group,
             role: format!("{:?}", u.role).to_lowercase(),
+            mode: match u.key & 0xff {
+                key::SRC => "network",
+                key::DST => "user",
+                _ => "general",
+            }
+            .into(),
+            l4: u.key & key::F_PORTS != 0,
             rx_packets: st.rx_packets,
             rx_bytes: st.rx_bytes,
+            tx_packets: st.tx_packets,
+            tx_bytes: st.tx_bytes,
         });
     }
     let events = s

@@ -6,9 +6,11 @@ use core::mem::size_of;
 pub mod names {
     pub const BUCKETS: &str = "BUCKETS";
     pub const GROUPS: &str = "GROUPS";
+    pub const UPLINK_SLOT: &str = "UPLINK_SLOT";
     pub const UPLINKS: &str = "UPLINKS";
     pub const DOWNLINKS: &str = "DOWNLINKS";
     pub const MEMBER_PORTS: &str = "MEMBER_PORTS";
+    pub const MEMBER_BCAST: &str = "MEMBER_BCAST";
     pub const UPLINK_PORTS: &str = "UPLINK_PORTS";
     pub const MACS: &str = "MACS";
     pub const MEMBER_STATS: &str = "MEMBER_STATS";
@@ -35,10 +37,12 @@ pub const BUCKETS_ENTRIES: u32 = 2 * GROUPS_MAX * BUCKETS_PER_GROUP_MAX;
 pub const MEMBER_ID_MAX: u32 = 63;
 /// Size of the maps indexed by member id.
 pub const MEMBER_SLOTS: u32 = MEMBER_ID_MAX + 1;
-/// Uplinks one orchestrator serves; [`UplinkConf::slot`] indexes the uplink counters.
+/// Uplinks one orchestrator serves; [`UplinkConf::slot`] indexes their settings and
+/// counters.
 pub const UPLINKS_MAX: u32 = 32;
-/// Downlinks (one per member port).
-pub const DOWNLINKS_MAX: u32 = 64;
+/// Interfaces are looked up by ifindex in arrays (an inlined array lookup costs a couple of
+/// nanoseconds, a hash lookup ten or more); ports must have an ifindex below this.
+pub const IFINDEX_MAX: u32 = 65536;
 /// Learned MAC addresses (LRU).
 pub const MACS_MAX: u32 = 65536;
 /// AF_XDP sockets per member data port (one per queue).

@@ -16,8 +16,8 @@ use baton_common::{
 
 use crate::{
     maps::{
-        count, BUCKETS, EVENTS, GROUPS, MACS, MEMBER_PORTS, MEMBER_STATS, UPLINKS, UPLINK_PORTS,
-        UPLINK_STATS,
+        count, BUCKETS, EVENTS, GROUPS, MACS, MEMBER_BCAST, MEMBER_PORTS, MEMBER_STATS, UPLINKS,
+        UPLINK_PORTS, UPLINK_SLOT, UPLINK_STATS,
     },
     parse::*,
 };
@@ -55,10 +55,11 @@ enum L3 {
 #[inline(always)]
 fn try_distribute(ctx: &XdpContext) -> Result<u32, u32> {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let up = match unsafe { UPLINKS.get(&ifindex) } {
-        Some(up) => *up,
-        None => return Err(event::DROP_UNKNOWN_PORT),
-    };
+    let slot = *UPLINK_SLOT.get(ifindex).ok_or(event::DROP_UNKNOWN_PORT)?;
+    if slot == 0 {
+        return Err(event::DROP_UNKNOWN_PORT);
+    }
+    let up = *UPLINKS.get(slot - 1).ok_or(event::DROP_UNKNOWN_PORT)?;
     if let Some(s) = UPLINK_STATS.get_ptr_mut(up.slot) {
         unsafe {
             (*s).rx_packets += 1;
@@ -66,11 +67,13 @@ fn try_distribute(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
     let (proto, off) = l2(ctx)?;
-    learn(ctx, ifindex)?;
     let l3 = match proto {
         ETH_P_IPV4 => ipv4(ctx, off, up.key)?,
         ETH_P_IPV6 => ipv6(ctx, off, &up)?,
-        ETH_P_ARP => L3::Done(arp(ctx, off, &up)?),
+        ETH_P_ARP => {
+            learn(ctx, ifindex)?;
+            L3::Done(arp(ctx, off, &up)?)
+        }
         _ => return Err(event::DROP_NOT_IP),
     };
     let flow = match l3 {
@@ -103,8 +106,11 @@ fn try_distribute(ctx: &XdpContext) -> Result<u32, u32> {
         .map_err(|_| event::DROP_REDIRECT)
 }
 
-/// Remembers which uplink a source MAC lives behind, for `egress`. Looks before writing so
-/// that the steady state costs one lookup and no write.
+/// Remembers which uplink a source MAC lives behind, for `egress`. Only ARP and neighbour
+/// discovery teach it (every host and router resolves before it sends, and announces a
+/// move the same way), which keeps the lookup off the per-packet path; an unknown MAC is
+/// flooded to its side's uplink by `egress` anyway. Looks before writing, so a repeated
+/// announcement costs one lookup.
 #[inline(always)]
 fn learn(ctx: &XdpContext, ifindex: u32) -> Result<(), u32> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
@@ -125,7 +131,7 @@ fn learn(ctx: &XdpContext, ifindex: u32) -> Result<(), u32> {
 #[inline(always)]
 fn to_members() -> Result<u32, u32> {
     count(&EVENTS, event::L2_TO_MEMBERS);
-    MEMBER_PORTS
+    MEMBER_BCAST
         .redirect(0, BPF_F_BROADCAST as u64)
         .map_err(|_| event::DROP_REDIRECT)
 }
@@ -292,10 +298,14 @@ fn ipv6(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<L3, u32> {
         let kind = unsafe { (*icmp).kind };
         match kind {
             135 => {
+                learn(ctx, ctx.ingress_ifindex() as u32)?;
                 let direct = l4 == off + size_of::<Ipv6Hdr>();
                 return Ok(L3::Done(neighbour_solicitation(ctx, ip, l4, up, direct)?));
             }
-            133 | 134 | 136 | 137 => return Ok(L3::Done(to_members()?)),
+            133 | 134 | 136 | 137 => {
+                learn(ctx, ctx.ingress_ifindex() as u32)?;
+                return Ok(L3::Done(to_members()?));
+            }
             1..=4 => {
                 let q = l4 + size_of::<IcmpHdr>();
                 let inner: *const Ipv6Hdr = ptr_at(ctx, q)?;

@@ -7,7 +7,10 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use baton_common::{event, MacKey};
 
 use crate::{
-    maps::{count, DOWNLINKS, EVENTS, GROUPS, MACS, MEMBER_STATS, UPLINK_PORTS},
+    maps::{
+        count, DOWNLINKS, EVENTS, GROUPS, MACS, MEMBER_STATS, UPLINK_PORTS, UPLINK_SLOT,
+        UPLINK_STATS,
+    },
     parse::{ptr_at, EthHdr},
 };
 
@@ -25,10 +28,10 @@ pub fn egress(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let dl = match unsafe { DOWNLINKS.get(&ifindex) } {
-        Some(dl) => *dl,
-        None => return Err(event::DROP_UNKNOWN_PORT),
-    };
+    let dl = *DOWNLINKS.get(ifindex).ok_or(event::DROP_UNKNOWN_PORT)?;
+    if dl.member == 0 {
+        return Err(event::DROP_UNKNOWN_PORT);
+    }
     if let Some(s) = MEMBER_STATS.get_ptr_mut(dl.member) {
         unsafe {
             (*s).from_member_packets += 1;
@@ -58,7 +61,25 @@ fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(event::DROP_MALFORMED);
     };
     count(&EVENTS, event::L2_FLOODED);
+    count_tx(ctx, out);
     UPLINK_PORTS
         .redirect(out, 0)
         .map_err(|_| event::DROP_REDIRECT)
+}
+
+/// Counts a frame on the uplink it leaves by.
+#[inline(always)]
+fn count_tx(ctx: &XdpContext, out: u32) {
+    let Some(slot) = UPLINK_SLOT.get(out) else {
+        return;
+    };
+    if *slot == 0 {
+        return;
+    }
+    if let Some(s) = UPLINK_STATS.get_ptr_mut(*slot - 1) {
+        unsafe {
+            (*s).tx_packets += 1;
+            (*s).tx_bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
 }

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, XskMap},
+    maps::{Array, DevMap, DevMapHash, LruHashMap, PerCpuArray, XskMap},
 };
 use baton_common::{
     event, steer_stat, Bucket, DownlinkConf, GroupConf, MacKey, MemberStats, UplinkConf,
-    UplinkStats, BUCKETS_ENTRIES, DOWNLINKS_MAX, GROUPS_MAX, MACS_MAX, MEMBER_SLOTS, UPLINKS_MAX,
+    UplinkStats, BUCKETS_ENTRIES, GROUPS_MAX, IFINDEX_MAX, MACS_MAX, MEMBER_SLOTS, UPLINKS_MAX,
     XSKS_MAX,
 };
 
@@ -15,14 +15,22 @@ use baton_common::{
 pub static BUCKETS: Array<Bucket> = Array::with_max_entries(BUCKETS_ENTRIES, 0);
 #[map]
 pub static GROUPS: Array<GroupConf> = Array::with_max_entries(GROUPS_MAX, 0);
+/// Ifindex → uplink slot + 1 (0: not an uplink).
 #[map]
-pub static UPLINKS: HashMap<u32, UplinkConf> = HashMap::with_max_entries(UPLINKS_MAX, 0);
+pub static UPLINK_SLOT: Array<u32> = Array::with_max_entries(IFINDEX_MAX, 0);
+/// Uplink slot → settings.
 #[map]
-pub static DOWNLINKS: HashMap<u32, DownlinkConf> = HashMap::with_max_entries(DOWNLINKS_MAX, 0);
-/// Member id → the orchestrator's downlink to it; only Active members have an entry, so a
-/// broadcast over the map reaches exactly the Active members.
+pub static UPLINKS: Array<UplinkConf> = Array::with_max_entries(UPLINKS_MAX, 0);
+/// Ifindex → downlink settings (member 0: not a downlink).
 #[map]
-pub static MEMBER_PORTS: DevMapHash = DevMapHash::with_max_entries(MEMBER_SLOTS, 0);
+pub static DOWNLINKS: Array<DownlinkConf> = Array::with_max_entries(IFINDEX_MAX, 0);
+/// Member id → the orchestrator's downlink to it, for unicast. Buckets only ever point at
+/// Active members, so an entry left for a member that went down is never used.
+#[map]
+pub static MEMBER_PORTS: DevMap = DevMap::with_max_entries(MEMBER_SLOTS, 0);
+/// The Active members' downlinks only: a broadcast over it reaches exactly them.
+#[map]
+pub static MEMBER_BCAST: DevMapHash = DevMapHash::with_max_entries(MEMBER_SLOTS, 0);
 /// Uplink ifindex → itself, for redirects from `egress`.
 #[map]
 pub static UPLINK_PORTS: DevMapHash = DevMapHash::with_max_entries(UPLINKS_MAX, 0);
