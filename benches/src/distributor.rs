@@ -215,8 +215,9 @@ pub fn cost(size: Size) -> anyhow::Result<Figure> {
     let mut ours = Vec::new();
     let mut base = Vec::new();
     let mix = frame_mix(size.flows);
-    let step = (size.flows / size.cost_flows.max(1)).max(1) as usize;
-    for f in mix.iter().step_by(step) {
+    // A prime stride, coprime with the mix's period of 20, samples every kind of frame in
+    // its proportion.
+    for f in (0..size.cost_flows as usize).map(|k| &mix[(k * 10_007) % mix.len()]) {
         let (a, _, d) = o.test_run_repeat(programs::DISTRIBUTE, f, up, size.repeat, None)?;
         let (b, _, e) = o.test_run_repeat(bench::BARE_REDIRECT, f, up, size.repeat, None)?;
         if a != 4 || b != 4 {

@@ -1,6 +1,7 @@
 //! Baton's data plane: the embedded eBPF programs and their loader, a member's AF_XDP data
 //! port and the forwarding it does.
 
+pub mod conntrack;
 pub mod error;
 pub mod forward;
 pub mod frame;

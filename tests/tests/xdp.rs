@@ -527,6 +527,12 @@ fn egress_sends_to_the_learned_uplink_or_floods_the_side() {
     assert_eq!(t.run(programs::EGRESS, &reply, dl).0, XDP_REDIRECT);
     assert_eq!(t.event(event::L2_FLOODED), flooded, "known MAC: no flood");
     assert_eq!(t.orch.member_stats(2).unwrap().from_member_packets, 1);
+    let int_slot = 1;
+    assert_eq!(
+        t.orch.uplink_stats(int_slot).unwrap().tx_packets,
+        1,
+        "counted on the uplink it leaves by"
+    );
     // Broadcast (an ARP request from a member) floods its side.
     let arp = baton_dataplane::frame::arp_request(
         VMAC[0],

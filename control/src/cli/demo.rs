@@ -23,8 +23,8 @@ pub struct DemoArgs {
     /// Concurrent TCP streams from bt-ext to bt-int.
     #[arg(long, default_value_t = 16)]
     flows: u32,
-    /// Megabytes per stream.
-    #[arg(long, default_value_t = 64)]
+    /// Megabytes per stream (the default keeps a release build busy for about ten seconds).
+    #[arg(long, default_value_t = 160)]
     mb: u64,
 }
 

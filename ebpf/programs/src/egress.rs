@@ -46,8 +46,10 @@ fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
             _pad: [0; 2],
         };
         if let Some(out) = unsafe { MACS.get(&k) } {
+            let out = *out;
+            count_tx(ctx, out);
             return UPLINK_PORTS
-                .redirect(*out, 0)
+                .redirect(out, 0)
                 .map_err(|_| event::DROP_REDIRECT);
         }
     }
