@@ -50,6 +50,11 @@ pub struct MemberStat {
     /// Buckets the member is active / backup for.
     pub buckets_active: u32,
     pub buckets_backup: u32,
+    pub drop_reasons: BTreeMap<String, u64>,
+    pub table_capacity: u64,
+    /// Per-packet processing time on the member, nanoseconds.
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
     /// Milliseconds since its last heartbeat (null: never heard).
     pub last_heartbeat_ms: Option<u64>,
 }

@@ -18,6 +18,12 @@ pub struct MemberReport {
     pub backup_connections: u64,
     pub policy_version: u64,
     pub workers: u32,
+    /// Drops by reason (non-zero ones only, to keep heartbeats small).
+    #[serde(default)]
+    pub drop_reasons: std::collections::BTreeMap<String, u64>,
+    pub table_capacity: u64,
+    pub latency_p50_ns: u64,
+    pub latency_p99_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -34,6 +34,18 @@ pub const HOSTS_PER_SIDE: u8 = 63;
 /// How long `up` waits for every member to be Active.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The members' policy file in the state directory (rewrite it and send SIGHUP to the
+/// members to replace the policy).
+pub const POLICY_FILE: &str = "policy.toml";
+/// The lab's policy, version 1: any connection opened by a valid first packet, from either
+/// side; the connection table drops what belongs to no connection.
+pub const DEFAULT_POLICY: &str = r#"version = 1
+
+[[rules]]
+name = "lab: any connection opened from either side"
+action = "accept"
+"#;
+
 pub fn ns_sgm(k: u32) -> String {
     format!("bt-sgm{k}")
 }
@@ -64,6 +76,8 @@ pub struct LabOptions {
     pub mode: Mode,
     /// L4 ports in the flow key.
     pub l4: bool,
+    /// Connection table capacity of each member.
+    pub table_size: usize,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -307,6 +321,8 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     let cfg = config(n, opts.sync, opts.mode, opts.l4);
     let cfg_path = state.join("baton.toml");
     fs::write(&cfg_path, cfg.to_toml())?;
+    let policy_path = state.join(POLICY_FILE);
+    fs::write(&policy_path, DEFAULT_POLICY)?;
 
     spawn(
         NS_ORCH,
@@ -331,6 +347,10 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
                 "dl0",
                 "--worker-core",
                 &core,
+                "--policy",
+                policy_path.to_str().unwrap(),
+                "--table-size",
+                &opts.table_size.to_string(),
             ],
         )?;
     }

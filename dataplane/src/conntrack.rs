@@ -62,7 +62,7 @@ impl FlowKey {
 
 /// What the table needs of a packet. For ICMP echo, `sport` and `dport` are both the
 /// identifier, so a request and its reply share a key.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub src: IpAddr,
     pub dst: IpAddr,

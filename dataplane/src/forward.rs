@@ -5,13 +5,18 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use ahash::AHashMap;
 use ipnet::IpNet;
 
-use crate::frame::{self, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6};
+use crate::{
+    conntrack::{ConnTable, Track},
+    frame::{self, Inspect, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6},
+    policy::{Action, Policy},
+};
 
 /// One side of the group as a member sees it.
 #[derive(Clone, Debug)]
@@ -36,10 +41,16 @@ pub enum DropReason {
     TtlExceeded,
     NeighbourQueueFull,
     NeighbourUnreachable,
+    /// The policy refused the connection's first packet.
+    Policy,
+    /// Belongs to no connection and cannot open one (e.g. a TCP ACK out of the blue).
+    NoConnection,
+    /// The connection table is full.
+    TableFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 10;
     pub const NAMES: [&'static str; Self::COUNT] = [
         "truncated",
         "malformed",
@@ -48,6 +59,9 @@ impl DropReason {
         "ttl_exceeded",
         "neighbour_queue_full",
         "neighbour_unreachable",
+        "policy",
+        "no_connection",
+        "table_full",
     ];
 }
 
@@ -96,17 +110,85 @@ pub struct Forwarder {
     sides: [Side; 2],
     neighbours: AHashMap<IpAddr, Neighbour>,
     limits: NeighbourLimits,
+    conns: ConnTable,
+    policy: Arc<Policy>,
+    epoch: Instant,
     /// Frames dropped while held, by reason (the worker adds them to its counters).
     pub dropped_held: [u64; DropReason::COUNT],
+    /// Non-first fragments forwarded without tracking (they carry no L4 header).
+    pub untracked_fragments: u64,
 }
 
 impl Forwarder {
-    pub fn new(sides: [Side; 2], limits: NeighbourLimits) -> Self {
+    pub fn new(
+        sides: [Side; 2],
+        limits: NeighbourLimits,
+        conns: ConnTable,
+        policy: Arc<Policy>,
+    ) -> Self {
         Self {
             sides,
             neighbours: AHashMap::new(),
             limits,
+            conns,
+            policy,
+            epoch: Instant::now(),
             dropped_held: [0; DropReason::COUNT],
+            untracked_fragments: 0,
+        }
+    }
+
+    pub fn connections(&self) -> &ConnTable {
+        &self.conns
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy at once: connections it no longer allows are closed, the others
+    /// go on. Returns how many were closed.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
+        let closed = self
+            .conns
+            .retain(|p| policy.evaluate(p).action == Action::Accept);
+        self.policy = policy;
+        closed
+    }
+
+    /// Lets the packet through the connection table (and the policy for a first packet).
+    fn admit(&mut self, seen: Inspect, now: Instant) -> Result<(), DropReason> {
+        let ms = now.duration_since(self.epoch).as_millis() as u64;
+        match seen {
+            Inspect::Truncated => Err(DropReason::Truncated),
+            Inspect::Untracked => {
+                self.untracked_fragments += 1;
+                Ok(())
+            }
+            // An ICMP error passes when the connection it reports on exists.
+            Inspect::Related(q) => match self.conns.state(&q, ms) {
+                Some(_) => Ok(()),
+                None => Err(DropReason::NoConnection),
+            },
+            Inspect::Track(p) => {
+                let policy = &self.policy;
+                let track = self.conns.track(&p, ms, || {
+                    let v = policy.evaluate(&p);
+                    if v.log {
+                        tracing::info!(
+                            src = %p.src, dst = %p.dst, proto = p.proto, sport = p.sport, dport = p.dport,
+                            rule = ?v.rule, action = ?v.action, "policy"
+                        );
+                    }
+                    v.action == Action::Accept
+                });
+                match track {
+                    Track::Existing(_) | Track::Created => Ok(()),
+                    Track::Denied => Err(DropReason::Policy),
+                    Track::NoConnection => Err(DropReason::NoConnection),
+                    Track::TableFull => Err(DropReason::TableFull),
+                }
+            }
         }
     }
 
@@ -164,6 +246,11 @@ impl Forwarder {
         if ip[8] <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
+        let seen = frame::inspect_v4(ip);
+        if let Err(r) = self.admit(seen, now) {
+            return Verdict::Drop(r);
+        }
+        let ip = &mut f[l3..];
         frame::decrement_ttl_v4(ip);
         self.send_to_neighbour(f, side, dst, now, out)
     }
@@ -191,7 +278,11 @@ impl Forwarder {
         if ip[7] <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        ip[7] -= 1;
+        let seen = frame::inspect_v6(ip);
+        if let Err(r) = self.admit(seen, now) {
+            return Verdict::Drop(r);
+        }
+        f[l3 + 7] -= 1;
         self.send_to_neighbour(f, side, dst, now, out)
     }
 
@@ -353,6 +444,8 @@ mod tests {
                 ),
             ],
             NeighbourLimits::default(),
+            ConnTable::new(1024, crate::conntrack::Timeouts::default()),
+            Arc::new(Policy::accept_all(1)),
         )
     }
 
@@ -540,5 +633,97 @@ mod tests {
             2
         );
         assert!(fw.neighbour("198.19.0.9".parse().unwrap()).is_none());
+    }
+
+    fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(HOST_MAC, VMAC[0]).ipv4(src, dst, 64);
+        let b = if syn {
+            b.tcp(sport, dport, 1, 1000).syn()
+        } else {
+            b.tcp(sport, dport, 1, 1000).ack(5)
+        };
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    fn resolved() -> Forwarder {
+        let mut fw = forwarder();
+        let mut out = Vec::new();
+        let mut reply = arp_reply([198, 19, 0, 1], INT_HOST_MAC, [198, 19, 0, 254]);
+        fw.process(&mut reply, Instant::now(), &mut out);
+        fw
+    }
+
+    #[test]
+    fn stateful_filtering() {
+        let mut fw = resolved();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // An ACK with no connection is dropped; after a SYN the connection's ACKs pass.
+        let mut ack = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4000, 80, false);
+        assert_eq!(
+            fw.process(&mut ack, now, &mut out),
+            Verdict::Drop(DropReason::NoConnection)
+        );
+        let mut syn = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4000, 80, true);
+        assert_eq!(fw.process(&mut syn, now, &mut out), Verdict::Forward);
+        let mut ack = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4000, 80, false);
+        assert_eq!(fw.process(&mut ack, now, &mut out), Verdict::Forward);
+        assert_eq!(fw.connections().len(), 1);
+        // A policy that refuses port 80 closes that connection and refuses new ones.
+        let no_web = Policy::parse("version = 2\n[[rules]]\nproto = \"tcp\"\ndport = \"80\"\naction = \"drop\"\n[[rules]]\naction = \"accept\"").unwrap();
+        let mut ssh = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4001, 22, true);
+        assert_eq!(fw.process(&mut ssh, now, &mut out), Verdict::Forward);
+        assert_eq!(fw.set_policy(Arc::new(no_web)), 1);
+        let mut ack = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4000, 80, false);
+        assert_eq!(
+            fw.process(&mut ack, now, &mut out),
+            Verdict::Drop(DropReason::NoConnection)
+        );
+        let mut syn = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4002, 80, true);
+        assert_eq!(
+            fw.process(&mut syn, now, &mut out),
+            Verdict::Drop(DropReason::Policy)
+        );
+        let mut ssh_ack = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4001, 22, false);
+        assert_eq!(
+            fw.process(&mut ssh_ack, now, &mut out),
+            Verdict::Forward,
+            "the allowed connection goes on"
+        );
+    }
+
+    #[test]
+    fn icmp_errors_pass_only_for_known_connections() {
+        let mut fw = resolved();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let syn = tcp4([198, 19, 0, 1], [198, 18, 0, 1], 4000, 80, true);
+        let error = |quoted: &[u8]| {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(HOST_MAC, VMAC[0])
+                .ipv4([198, 18, 0, 200], [198, 19, 0, 1], 64)
+                .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+                    etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+                ))
+                .write(&mut v, &quoted[14..14 + 28])
+                .unwrap();
+            v
+        };
+        assert_eq!(
+            fw.process(&mut error(&syn), now, &mut out),
+            Verdict::Drop(DropReason::NoConnection)
+        );
+        let mut s = syn.clone();
+        s[0..6].copy_from_slice(&INT_HOST_MAC);
+        assert!(matches!(
+            fw.process(&mut s, now, &mut out),
+            Verdict::Forward | Verdict::Held
+        ));
+        assert!(matches!(
+            fw.process(&mut error(&syn), now, &mut out),
+            Verdict::Forward | Verdict::Held
+        ));
     }
 }

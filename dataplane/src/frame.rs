@@ -1,7 +1,7 @@
 //! Reading and writing the few header fields a member touches, on raw frame bytes (the
 //! fast path parses in place; etherparse is used by the tests to check the results).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -225,4 +225,153 @@ mod tests {
         assert_eq!(l2(&f), Some((ETH_P_IPV4, 22)));
         assert_eq!(l2(&f[..13]), None);
     }
+}
+
+/// What the connection table gets to see of an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Inspect {
+    /// A packet of its own connection.
+    Track(crate::conntrack::Packet),
+    /// An ICMP error about the packet quoted in it (given in the quoted packet's direction).
+    Related(crate::conntrack::Packet),
+    /// A fragment after the first: it has no L4 header to track.
+    Untracked,
+    /// Too short for the L4 header it claims.
+    Truncated,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Ports (or the echo identifier, in both) and flags (TCP flags, ICMP type) of an L4
+/// header; `None` when it is cut short.
+fn l4_fields(proto: u8, l4: &[u8], echo_types: [u8; 2]) -> Option<(u16, u16, u8)> {
+    use crate::conntrack::{ICMP, ICMPV6, TCP, UDP};
+    match proto {
+        TCP => Some((be16(l4, 0)?, be16(l4, 2)?, *l4.get(13)?)),
+        UDP | 132 => Some((be16(l4, 0)?, be16(l4, 2)?, 0)),
+        ICMP | ICMPV6 => {
+            let kind = *l4.first()?;
+            if echo_types.contains(&kind) {
+                let id = be16(l4, 4)?;
+                Some((id, id, kind))
+            } else {
+                Some((0, 0, kind))
+            }
+        }
+        _ => Some((0, 0, 0)),
+    }
+}
+
+/// The fields of a quoted L4 header: an ICMP error carries only its first 8 bytes, so
+/// TCP flags are not there (and not needed).
+fn quoted_fields(proto: u8, l4: &[u8], echo_types: [u8; 2]) -> Option<(u16, u16, u8)> {
+    use crate::conntrack::TCP;
+    if proto == TCP {
+        return Some((be16(l4, 0)?, be16(l4, 2)?, 0));
+    }
+    l4_fields(proto, l4, echo_types)
+}
+
+/// Inspects an IPv4 packet (`ip` starts at its header, already checked to be complete).
+pub fn inspect_v4(ip: &[u8]) -> Inspect {
+    use crate::conntrack::{Packet, ICMP};
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let proto = ip[9];
+    let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]));
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return Inspect::Untracked;
+    }
+    let l4 = &ip[ihl.min(ip.len())..];
+    let Some((sport, dport, flags)) = l4_fields(proto, l4, [8, 0]) else {
+        return Inspect::Truncated;
+    };
+    if proto == ICMP && matches!(flags, 3 | 4 | 5 | 11 | 12) {
+        let q = &l4[8.min(l4.len())..];
+        if q.len() < 20 || q[0] >> 4 != 4 {
+            return Inspect::Truncated;
+        }
+        let qihl = ((q[0] & 0x0f) as usize) * 4;
+        let qaddr = |at: usize| IpAddr::V4(Ipv4Addr::new(q[at], q[at + 1], q[at + 2], q[at + 3]));
+        let Some((qs, qd, qf)) = quoted_fields(q[9], &q[qihl.min(q.len())..], [8, 0]) else {
+            return Inspect::Truncated;
+        };
+        return Inspect::Related(Packet {
+            src: qaddr(12),
+            dst: qaddr(16),
+            proto: q[9],
+            sport: qs,
+            dport: qd,
+            flags: qf,
+        });
+    }
+    Inspect::Track(Packet {
+        src: addr(12),
+        dst: addr(16),
+        proto,
+        sport,
+        dport,
+        flags,
+    })
+}
+
+/// Inspects an IPv6 packet, walking its extension headers.
+pub fn inspect_v6(ip: &[u8]) -> Inspect {
+    use crate::conntrack::{Packet, ICMPV6};
+    let addr = |b: &[u8], at: usize| {
+        IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&b[at..at + 16]).unwrap(),
+        ))
+    };
+    let mut next = ip[6];
+    let mut off = 40;
+    for _ in 0..8 {
+        if !matches!(next, 0 | 43 | 44 | 51 | 60) {
+            break;
+        }
+        let (Some(&nh), Some(&len)) = (ip.get(off), ip.get(off + 1)) else {
+            return Inspect::Truncated;
+        };
+        match next {
+            51 => off += (len as usize + 2) * 4,
+            44 => {
+                if be16(ip, off + 2).is_none_or(|o| o >> 3 != 0) {
+                    return Inspect::Untracked;
+                }
+                off += 8;
+            }
+            _ => off += (len as usize + 1) * 8,
+        }
+        next = nh;
+    }
+    let l4 = &ip[off.min(ip.len())..];
+    let Some((sport, dport, flags)) = l4_fields(next, l4, [128, 129]) else {
+        return Inspect::Truncated;
+    };
+    if next == ICMPV6 && (1..=4).contains(&flags) {
+        let q = &l4[8.min(l4.len())..];
+        if q.len() < 40 || q[0] >> 4 != 6 {
+            return Inspect::Truncated;
+        }
+        let Some((qs, qd, qf)) = quoted_fields(q[6], &q[40..], [128, 129]) else {
+            return Inspect::Truncated;
+        };
+        return Inspect::Related(Packet {
+            src: addr(q, 8),
+            dst: addr(q, 24),
+            proto: q[6],
+            sport: qs,
+            dport: qd,
+            flags: qf,
+        });
+    }
+    Inspect::Track(Packet {
+        src: addr(ip, 8),
+        dst: addr(ip, 24),
+        proto: next,
+        sport,
+        dport,
+        flags,
+    })
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod loader;
+pub mod policy;
 pub mod port;
 
 pub use error::{LoadError, PortError};

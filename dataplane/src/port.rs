@@ -21,6 +21,7 @@ use crate::{
     error::PortError,
     forward::{DropReason, Forwarder, Verdict},
     loader::Member,
+    policy::Policy,
 };
 
 /// AF_XDP settings of a data port.
@@ -63,6 +64,13 @@ pub struct PortStats {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// Frames that could not be sent for lack of a free UMEM frame or TX slot.
     pub tx_full: AtomicU64,
+    /// Connections in the table, and the policy version enforced.
+    pub connections: AtomicU64,
+    pub policy_version: AtomicU64,
+    /// Per-packet processing time percentiles (ns), over the last second or so.
+    pub latency_p50_ns: AtomicU64,
+    pub latency_p99_ns: AtomicU64,
+    pub latency_max_ns: AtomicU64,
 }
 
 impl PortStats {
@@ -78,6 +86,7 @@ pub fn run(
     mut fwd: Forwarder,
     stats: Arc<PortStats>,
     stop: Arc<AtomicBool>,
+    policies: crossbeam_channel::Receiver<Arc<Policy>>,
     ready: impl FnOnce(),
 ) -> Result<(), PortError> {
     let ring = QueueSize::new(cfg.ring)
@@ -147,6 +156,15 @@ pub fn run(
     let poll_ms = cfg.poll_timeout.as_millis() as i32;
     let (mut rxp, mut rxb, mut txp, mut txb) = (0u64, 0u64, 0u64, 0u64);
     let mut drops = [0u64; DropReason::COUNT];
+    // Processing time per packet, sampled one packet in eight to keep the clock reads off
+    // most packets.
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
+        .map_err(|e| PortError::Config(e.to_string()))?;
+    let mut sample = 0u32;
+    let mut last_publish = Instant::now();
+    stats
+        .policy_version
+        .store(fwd.policy().version, Ordering::Relaxed);
 
     while !stop.load(Ordering::Relaxed) {
         // Frames the kernel finished sending are free again.
@@ -172,10 +190,15 @@ pub fn run(
             let len = desc.lengths().data();
             rxp += 1;
             rxb += len as u64;
+            sample = sample.wrapping_add(1);
+            let timed = (sample & 7 == 0).then(Instant::now);
             let verdict = {
                 let mut data = unsafe { umem.data_mut(desc) };
                 fwd.process(data.contents_mut(), now, &mut extra)
             };
+            if let Some(t) = timed {
+                let _ = latency.record(t.elapsed().as_nanos() as u64);
+            }
             match verdict {
                 Verdict::Forward => {
                     txp += 1;
@@ -247,6 +270,27 @@ pub fn run(
         stats.tx_bytes.store(txb, Ordering::Relaxed);
         for (i, d) in drops.iter().enumerate() {
             stats.drops[i].store(d + fwd.dropped_held[i], Ordering::Relaxed);
+        }
+        stats
+            .connections
+            .store(fwd.connections().len() as u64, Ordering::Relaxed);
+        // A new policy applies between two batches: each packet sees one policy.
+        if let Ok(policy) = policies.try_recv() {
+            let version = policy.version;
+            let closed = fwd.set_policy(policy);
+            stats.policy_version.store(version, Ordering::Relaxed);
+            tracing::info!(version, closed, "policy installed");
+        }
+        if now.duration_since(last_publish) >= Duration::from_secs(1) && !latency.is_empty() {
+            last_publish = now;
+            stats
+                .latency_p50_ns
+                .store(latency.value_at_quantile(0.5), Ordering::Relaxed);
+            stats
+                .latency_p99_ns
+                .store(latency.value_at_quantile(0.99), Ordering::Relaxed);
+            stats.latency_max_ns.store(latency.max(), Ordering::Relaxed);
+            latency.reset();
         }
     }
     Ok(())

@@ -51,6 +51,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         sync: true,
         mode: Mode::General,
         l4: false,
+        table_size: 1_000_000,
         exe,
     })?;
     println!(

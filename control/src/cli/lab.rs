@@ -22,6 +22,9 @@ pub enum LabCommand {
         /// Add L4 ports to the flow key.
         #[arg(long)]
         l4: bool,
+        /// Connection table capacity of each member.
+        #[arg(long, default_value_t = 1_000_000)]
+        table_size: usize,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -34,6 +37,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             no_sync,
             mode,
             l4,
+            table_size,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -41,6 +45,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 sync: !no_sync,
                 mode,
                 l4,
+                table_size,
                 exe,
             })?;
             let g = &stat.groups[0];

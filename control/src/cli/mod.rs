@@ -64,6 +64,12 @@ enum Command {
         /// Core to pin the worker to.
         #[arg(long)]
         worker_core: Option<usize>,
+        /// Policy file (TOML), reloaded on SIGHUP; without it every connection is accepted.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Connection table capacity.
+        #[arg(long, default_value_t = 1_000_000)]
+        table_size: usize,
     },
 }
 
@@ -80,11 +86,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             id,
             data_port,
             worker_core,
+            policy,
+            table_size,
         } => daemon::member::run(daemon::member::Options {
             config: &config,
             id,
             data_port,
             worker_core,
+            policy,
+            table_size,
         }),
     };
     match result {

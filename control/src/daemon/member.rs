@@ -18,8 +18,10 @@ use baton_control::{
     membership::MemberState,
 };
 use baton_dataplane::{
-    forward::{Forwarder, NeighbourLimits},
+    conntrack::{ConnTable, Timeouts},
+    forward::{DropReason, Forwarder, NeighbourLimits},
     loader::Member,
+    policy::Policy,
     port::{self, PortConfig, PortStats},
 };
 
@@ -28,6 +30,10 @@ pub struct Options<'a> {
     pub id: u32,
     pub data_port: String,
     pub worker_core: Option<usize>,
+    /// Policy file (reloaded on SIGHUP); without one every connection is accepted.
+    pub policy: Option<std::path::PathBuf>,
+    /// Connection table capacity.
+    pub table_size: usize,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -50,7 +56,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let stats = Arc::new(PortStats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let fwd = Forwarder::new(group.sides(), NeighbourLimits::default());
+    let policy = match &opts.policy {
+        Some(p) => Arc::new(Policy::load(p)?),
+        None => Arc::new(Policy::accept_all(1)),
+    };
+    let fwd = Forwarder::new(
+        group.sides(),
+        NeighbourLimits::default(),
+        ConnTable::new(opts.table_size, Timeouts::default()),
+        policy,
+    );
+    let (policy_tx, policy_rx) = crossbeam_channel::bounded(4);
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let port_cfg = PortConfig {
         iface: opts.data_port.clone(),
         ..Default::default()
@@ -67,9 +85,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         tracing::warn!(core = c, "could not pin the worker");
                     }
                 }
-                let r = port::run(&port_cfg, &mut programs, fwd, stats, stop.clone(), || {
-                    ready.store(true, Ordering::Release)
-                });
+                let r = port::run(
+                    &port_cfg,
+                    &mut programs,
+                    fwd,
+                    stats,
+                    stop.clone(),
+                    policy_rx,
+                    || ready.store(true, Ordering::Release),
+                );
                 // A dead data path must not keep sending heartbeats.
                 stop.store(true, Ordering::Release);
                 r
@@ -88,6 +112,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     tracing::info!(member = opts.id, group = group.id, "member started");
     while !stop.load(Ordering::Acquire) {
+        if reload.swap(false, Ordering::AcqRel) {
+            match opts.policy.as_deref().map(Policy::load) {
+                Some(Ok(p)) => {
+                    tracing::info!(version = p.version, "policy reloaded");
+                    let _ = policy_tx.send(Arc::new(p));
+                }
+                // A broken file changes nothing: the running policy stays.
+                Some(Err(e)) => tracing::error!("policy not reloaded: {e}"),
+                None => tracing::warn!("SIGHUP without --policy: nothing to reload"),
+            }
+        }
         if Instant::now() >= next {
             next += interval;
             seq += 1;
@@ -101,10 +136,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     rx_bytes: stats.rx_bytes.load(Ordering::Relaxed),
                     tx_bytes: stats.tx_bytes.load(Ordering::Relaxed),
                     drops: stats.drops_total(),
-                    connections: 0,
+                    connections: stats.connections.load(Ordering::Relaxed),
                     backup_connections: 0,
-                    policy_version: 1,
+                    policy_version: stats.policy_version.load(Ordering::Relaxed),
                     workers: 1,
+                    drop_reasons: DropReason::NAMES
+                        .iter()
+                        .zip(&stats.drops)
+                        .map(|(n, d)| (n.to_string(), d.load(Ordering::Relaxed)))
+                        .filter(|(_, d)| *d > 0)
+                        .collect(),
+                    table_capacity: opts.table_size as u64,
+                    latency_p50_ns: stats.latency_p50_ns.load(Ordering::Relaxed),
+                    latency_p99_ns: stats.latency_p99_ns.load(Ordering::Relaxed),
                 },
             };
             // The orchestrator may not be up yet: keep trying, never give up.

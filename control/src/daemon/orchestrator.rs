@@ -345,6 +345,10 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 from_member_packets: xdp.from_member_packets,
                 buckets_active: count(|b| b.active),
                 buckets_backup: count(|b| b.backup),
+                drop_reasons: report.drop_reasons.clone(),
+                table_capacity: report.table_capacity,
+                latency_p50_ns: report.latency_p50_ns,
+                latency_p99_ns: report.latency_p99_ns,
                 last_heartbeat_ms: heard,
             });
         }

@@ -1,0 +1,238 @@
+//! Members as stateful firewalls in the lab: the policy decides a connection's first
+//! packet, the connection table the rest.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use baton_control::{
+    lab::{NS_EXT, NS_INT, POLICY_FILE, STATE_DIR},
+    traffic::{in_netns, join, TrafficError},
+};
+use baton_tests::*;
+use serde_json::Value;
+
+/// Writes the lab's policy file and makes every member reload it; waits until all enforce
+/// `version`.
+fn install_policy(text: &str, version: u64) {
+    std::fs::write(std::path::Path::new(STATE_DIR).join(POLICY_FILE), text).unwrap();
+    for ns in lab_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with("bt-sgm"))
+    {
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .unwrap();
+        for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            unsafe { libc::kill(p.parse().unwrap(), libc::SIGHUP) };
+        }
+    }
+    let s = wait_stat(Duration::from_secs(3), |s| {
+        s["groups"][0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["policy_version"] == version)
+    });
+    for m in s["groups"][0]["members"].as_array().unwrap() {
+        assert_eq!(
+            m["policy_version"], version,
+            "member {} enforces the new policy",
+            m["id"]
+        );
+    }
+}
+
+fn drops(stat: &Value, reason: &str) -> u64 {
+    stat["groups"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["drop_reasons"][reason].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn listen(addr: SocketAddr) -> TcpListener {
+    join(in_netns(NS_INT, move || {
+        TcpListener::bind(addr).map_err(|e| TrafficError::Io {
+            what: "listen".into(),
+            source: e,
+        })
+    }))
+    .unwrap()
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    join(in_netns(NS_EXT, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| TrafficError::Io {
+            what: "connect".into(),
+            source: e,
+        })
+    }))
+    .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Sends a line on `c` and reads it at `s`; true when it arrives within a second.
+fn passes(c: &mut TcpStream, s: &mut TcpStream) -> bool {
+    c.write_all(b"ping\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+}
+
+#[test]
+fn policy_decides_first_packets_and_replacement_closes_only_what_it_must() {
+    let _lab = Lab::up(3);
+    // Version 2: web and mail from the external side, ICMP; everything else dropped.
+    install_policy(
+        r#"version = 2
+[[rules]]
+src = ["198.18.0.0/24"]
+proto = "tcp"
+dport = "5001-5002"
+action = "accept"
+[[rules]]
+proto = "icmp"
+action = "accept"
+"#,
+        2,
+    );
+    let web: SocketAddr = "198.19.0.1:5001".parse().unwrap();
+    let mail: SocketAddr = "198.19.0.2:5002".parse().unwrap();
+    let other: SocketAddr = "198.19.0.3:6000".parse().unwrap();
+    let (lw, lm, lo) = (listen(web), listen(mail), listen(other));
+    let mut cw = connect(web).expect("allowed connection opens");
+    let mut cm = connect(mail).expect("allowed connection opens");
+    let (mut sw, _) = lw.accept().unwrap();
+    let (mut sm, _) = lm.accept().unwrap();
+    assert!(passes(&mut cw, &mut sw) && passes(&mut cm, &mut sm));
+    let before = drops(&stat_json(), "policy");
+    assert!(connect(other).is_err(), "a denied connection does not open");
+    assert!(
+        drops(&stat_json(), "policy") > before,
+        "the refused SYNs are counted"
+    );
+    lo.set_nonblocking(true).unwrap();
+    assert!(lo.accept().is_err(), "nothing reached the denied server");
+
+    // Version 3 drops mail: that connection dies at once, web goes on.
+    install_policy(
+        r#"version = 3
+[[rules]]
+src = ["198.18.0.0/24"]
+proto = "tcp"
+dport = "5001"
+action = "accept"
+"#,
+        3,
+    );
+    assert!(
+        passes(&mut cw, &mut sw),
+        "the still-allowed connection continues"
+    );
+    let before = drops(&stat_json(), "no_connection");
+    assert!(
+        !passes(&mut cm, &mut sm),
+        "the connection the new policy refuses is closed"
+    );
+    assert!(
+        drops(&stat_json(), "no_connection") > before,
+        "its later packets are counted"
+    );
+}
+
+#[test]
+fn a_packet_without_a_connection_is_dropped_and_counted() {
+    let _lab = Lab::up(1);
+    let before = drops(&stat_json(), "no_connection");
+    // A TCP ACK out of the blue, through a raw socket in bt-ext.
+    join(in_netns(NS_EXT, || {
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+        assert!(fd >= 0, "raw socket");
+        let mut seg = [0u8; 20];
+        seg[0..2].copy_from_slice(&4242u16.to_be_bytes());
+        seg[2..4].copy_from_slice(&80u16.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = 0x10; // ACK
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as _;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([198, 19, 0, 1]);
+        for _ in 0..3 {
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    seg.as_ptr().cast(),
+                    seg.len(),
+                    0,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as u32,
+                )
+            };
+            assert_eq!(n, 20);
+        }
+        unsafe { libc::close(fd) };
+        Ok(())
+    }))
+    .unwrap();
+    let s = wait_stat(Duration::from_secs(2), |s| {
+        drops(s, "no_connection") >= before + 3
+    });
+    assert_eq!(drops(&s, "no_connection"), before + 3);
+}
+
+#[test]
+fn a_full_table_refuses_new_connections_and_keeps_the_existing_ones() {
+    let _lab = Lab::up_with(&["--sgms", "1", "--table-size", "8"]);
+    let dst: SocketAddr = "198.19.0.1:7000".parse().unwrap();
+    let rx = join(in_netns(NS_INT, move || {
+        UdpSocket::bind(dst).map_err(|e| TrafficError::Io {
+            what: "bind".into(),
+            source: e,
+        })
+    }))
+    .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let senders: Vec<UdpSocket> = (0..10u16)
+        .map(|i| {
+            let src = SocketAddr::from(([198, 18, 0, 1], 30000 + i));
+            join(in_netns(NS_EXT, move || {
+                UdpSocket::bind(src).map_err(|e| TrafficError::Io {
+                    what: "bind".into(),
+                    source: e,
+                })
+            }))
+            .unwrap()
+        })
+        .collect();
+    let mut buf = [0u8; 16];
+    // The first datagram resolves the next hop; it and seven more fill the table.
+    for s in &senders[..8] {
+        s.send_to(b"x", dst).unwrap();
+        assert!(
+            rx.recv(&mut buf).is_ok(),
+            "a connection while there is room"
+        );
+    }
+    let stat = wait_stat(Duration::from_secs(2), |s| {
+        s["groups"][0]["members"][0]["connections"] == 8
+    });
+    assert_eq!(stat["groups"][0]["members"][0]["connections"], 8);
+    for s in &senders[8..] {
+        s.send_to(b"x", dst).unwrap();
+    }
+    assert!(
+        rx.recv(&mut buf).is_err(),
+        "no new connection in a full table"
+    );
+    let s = wait_stat(Duration::from_secs(2), |s| drops(s, "table_full") >= 2);
+    assert_eq!(drops(&s, "table_full"), 2);
+    senders[3].send_to(b"y", dst).unwrap();
+    assert!(
+        rx.recv(&mut buf).is_ok(),
+        "an existing connection still passes"
+    );
+}
