@@ -80,35 +80,39 @@ pub struct Topology;
 
 impl Topology {
     pub fn new() -> anyhow::Result<Self> {
+        let mut pairs = vec![("gen0".to_string(), "up0".to_string())];
+        pairs.extend((1..=MEMBERS).map(|k| (format!("dl{k}"), format!("m{k}"))));
+        Self::build(&pairs)
+    }
+
+    /// The generator's veth facing a member's data port (gen0 → m0).
+    pub fn with_member_port() -> anyhow::Result<Self> {
+        Self::build(&[("gen0".into(), "m0".into())])
+    }
+
+    fn build(pairs: &[(String, String)]) -> anyhow::Result<Self> {
         let _ = Command::new("ip")
             .args(["netns", "del", NS])
             .stderr(Stdio::null())
             .status();
         ip(&["netns", "add", NS])?;
         let t = Topology;
-        ip(&[
-            "-n", NS, "link", "add", "gen0", "type", "veth", "peer", "name", "up0",
-        ])?;
-        for k in 1..=MEMBERS {
+        ip(&["-n", NS, "link", "set", "lo", "up"])?;
+        for (a, b) in pairs {
             ip(&[
-                "-n",
-                NS,
-                "link",
-                "add",
-                &format!("dl{k}"),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("m{k}"),
+                "-n", NS, "link", "add", a, "type", "veth", "peer", "name", b,
             ])?;
+            ip(&["-n", NS, "link", "set", a, "up"])?;
+            ip(&["-n", NS, "link", "set", b, "up"])?;
         }
-        for dev in ["gen0", "up0", "dl1", "dl2", "dl3", "m1", "m2", "m3", "lo"] {
-            ip(&["-n", NS, "link", "set", dev, "up"])?;
-        }
-        enter_netns(NS).context("entering the benchmark namespace")?;
+        enter(NS)?;
         Ok(t)
     }
+}
+
+/// Moves the calling thread into the benchmark namespace.
+pub fn enter(ns: &str) -> anyhow::Result<()> {
+    enter_netns(ns).context("entering the benchmark namespace")
 }
 
 impl Drop for Topology {

@@ -3,3 +3,4 @@
 
 pub mod distributor;
 pub mod report;
+pub mod sgm;

@@ -138,6 +138,12 @@ impl Forwarder {
         }
     }
 
+    /// Adds a neighbour by hand (a static entry, or a benchmark's preset).
+    pub fn add_neighbour(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        let mut out = Vec::new();
+        self.learn(ip, mac, &mut out);
+    }
+
     pub fn connections(&self) -> &ConnTable {
         &self.conns
     }

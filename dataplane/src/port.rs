@@ -54,6 +54,65 @@ impl Default for PortConfig {
     }
 }
 
+/// What a port runs on each frame: the member's [`Forwarder`], or a trivial handler for
+/// the baseline of the benchmarks.
+pub trait FrameHandler {
+    /// Decides about one frame, rewriting it in place; frames to send besides go to `out`.
+    fn process(&mut self, frame: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict;
+    /// Called a few times a second.
+    fn tick(&mut self, _now: Instant, _out: &mut Vec<Vec<u8>>) {}
+    /// Frames dropped outside `process` (e.g. given up while held), by reason.
+    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
+        [0; DropReason::COUNT]
+    }
+    fn connections(&self) -> usize {
+        0
+    }
+    fn policy_version(&self) -> u64 {
+        0
+    }
+    /// Installs a new policy; returns the connections it closed.
+    fn set_policy(&mut self, _policy: Arc<Policy>) -> usize {
+        0
+    }
+}
+
+impl FrameHandler for Forwarder {
+    fn process(&mut self, frame: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        Forwarder::process(self, frame, now, out)
+    }
+    fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        Forwarder::tick(self, now, out)
+    }
+    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
+        self.dropped_held
+    }
+    fn connections(&self) -> usize {
+        self.connections().len()
+    }
+    fn policy_version(&self) -> u64 {
+        self.policy().version
+    }
+    fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
+        Forwarder::set_policy(self, policy)
+    }
+}
+
+/// The minimal forwarder: swaps the MAC addresses and sends the frame back (the ceiling of
+/// the AF_XDP path, the baseline a member is measured against).
+pub struct MacSwap;
+
+impl FrameHandler for MacSwap {
+    fn process(&mut self, f: &mut [u8], _now: Instant, _out: &mut Vec<Vec<u8>>) -> Verdict {
+        if f.len() < 14 {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let (dst, rest) = f.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+        Verdict::Forward
+    }
+}
+
 /// Counters a port shares with the rest of the member (heartbeats, `baton stat`).
 #[derive(Default, Debug)]
 pub struct PortStats {
@@ -83,7 +142,7 @@ impl PortStats {
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,
-    mut fwd: Forwarder,
+    mut fwd: impl FrameHandler,
     stats: Arc<PortStats>,
     stop: Arc<AtomicBool>,
     policies: crossbeam_channel::Receiver<Arc<Policy>>,
@@ -164,7 +223,7 @@ pub fn run(
     let mut last_publish = Instant::now();
     stats
         .policy_version
-        .store(fwd.policy().version, Ordering::Relaxed);
+        .store(fwd.policy_version(), Ordering::Relaxed);
 
     while !stop.load(Ordering::Relaxed) {
         // Frames the kernel finished sending are free again.
@@ -269,11 +328,11 @@ pub fn run(
         stats.tx_packets.store(txp, Ordering::Relaxed);
         stats.tx_bytes.store(txb, Ordering::Relaxed);
         for (i, d) in drops.iter().enumerate() {
-            stats.drops[i].store(d + fwd.dropped_held[i], Ordering::Relaxed);
+            stats.drops[i].store(d + fwd.dropped_held()[i], Ordering::Relaxed);
         }
         stats
             .connections
-            .store(fwd.connections().len() as u64, Ordering::Relaxed);
+            .store(fwd.connections() as u64, Ordering::Relaxed);
         // A new policy applies between two batches: each packet sees one policy.
         if let Ok(policy) = policies.try_recv() {
             let version = policy.version;

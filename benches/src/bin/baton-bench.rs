@@ -4,12 +4,17 @@
 use baton_benches::{
     distributor::{self, Size},
     report::{self, Figure},
+    sgm,
 };
 
 fn line(f: &Figure) {
     match f.name.as_str() {
         "distributor_cost" => println!(
             "distributor_cost ns_per_pkt={:.1} baseline_ns_per_pkt={:.1} ratio={:.2}",
+            f.median, f.baseline_median, f.ratio
+        ),
+        "sgm_throughput" => println!(
+            "sgm_throughput mpps={:.2} baseline_mpps={:.2} ratio={:.2}",
             f.median, f.baseline_median, f.ratio
         ),
         "distributor_throughput" => println!(
@@ -32,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    let all = ["distributor"];
+    let all = ["distributor", "sgm"];
     for name in &names {
         if !all.contains(name) {
             anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
@@ -52,6 +57,23 @@ fn main() -> anyhow::Result<()> {
                 let tput = distributor::throughput(size)?;
                 line(&tput);
                 vec![cost, tput]
+            }
+            "sgm" => {
+                let ct = sgm::conntrack(quick)?;
+                println!(
+                    "conntrack lookups_per_s={:.0} bytes_per_conn={:.1} rss_bytes_per_conn={:.1} inserts_per_s={:.0} connections={}",
+                    ct.lookups.median, ct.bytes_per_conn, ct.rss_bytes_per_conn, ct.inserts_per_s, ct.connections
+                );
+                let tput = sgm::throughput(size)?;
+                line(&tput);
+                let bytes = report::figure(
+                    "conntrack_bytes_per_conn",
+                    "bytes",
+                    &[ct.bytes_per_conn],
+                    &[ct.rss_bytes_per_conn],
+                    "≤ 128 bytes per connection (baseline column: RSS growth per connection)",
+                );
+                vec![ct.lookups, bytes, tput]
             }
             _ => unreachable!(),
         };

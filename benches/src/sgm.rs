@@ -1,0 +1,200 @@
+//! A member's data path and connection table.
+//!
+//! - throughput: the live-frames generator sends UDP frames of 10,000 flows into a veth
+//!   whose peer is a member's data port (`steer` → AF_XDP → the member's forwarder with
+//!   connection table and policy → TX back out); what comes back is counted and dropped in
+//!   XDP on the generator's side. Beside it, the same port running the minimal forwarder
+//!   (swap MACs, send back), rounds alternating.
+//! - connection table: inserts and lookups per second on one core, and memory per
+//!   connection at 1M connections (the table's own accounting and the process's RSS).
+
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use baton_common::{bench, GenConf};
+use baton_control::{config::Mode, lab};
+use baton_dataplane::{
+    conntrack::{ConnTable, Packet, Timeouts, UDP},
+    forward::{Forwarder, NeighbourLimits},
+    loader::{ifindex, Member, Orchestrator},
+    policy::Policy,
+    port::{self, FrameHandler, MacSwap, PortConfig, PortStats},
+};
+use etherparse::PacketBuilder;
+
+use crate::{
+    distributor::{Size, Topology},
+    report::{figure, summary, Figure},
+};
+
+const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const NEXT_HOP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+
+fn forwarder() -> Forwarder {
+    let sides = lab::config(1, true, Mode::General, false).groups[0].sides();
+    let mut f = Forwarder::new(
+        sides,
+        NeighbourLimits::default(),
+        ConnTable::new(1 << 20, Timeouts::default()),
+        Arc::new(Policy::accept_all(1)),
+    );
+    f.add_neighbour(IpAddr::from([198, 19, 0, 1]), NEXT_HOP);
+    f
+}
+
+/// Runs one member port with `handler` while the generator sends `frames`; returns Mpps
+/// that came back.
+fn round(
+    handler: impl FrameHandler + Send + 'static,
+    frames: u32,
+    flows: u32,
+) -> anyhow::Result<f64> {
+    let mut sink = Orchestrator::load(true)?;
+    sink.attach_program(bench::SINK, "gen0")?;
+    let mut gen = Orchestrator::load(true)?;
+    gen.set_devmap(bench::GEN_PORTS, 0, ifindex("gen0")?)?;
+    gen.set_generator(GenConf {
+        flows,
+        addr_off: 14 + 14,
+        port_off: 14 + 20,
+        _pad: 0,
+    })?;
+    let frame = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(HOST, [0x02, 0xba, 0x70, 0, 1, 0])
+            .ipv4([198, 18, 0, 1], [198, 19, 0, 1], 64)
+            .udp(1024, 53)
+            .write(&mut v, &[0; 18])?;
+        v
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(PortStats::default());
+    let worker = {
+        let (stop, ready, stats) = (stop.clone(), ready.clone(), stats.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            crate::distributor::enter(crate::distributor::NS)?;
+            let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
+            let mut member = Member::load()?;
+            member.attach_steer("m0", true)?;
+            let (_tx, rx) = crossbeam_channel::bounded(1);
+            let cfg = PortConfig {
+                iface: "m0".into(),
+                ..Default::default()
+            };
+            port::run(&cfg, &mut member, handler, stats, stop, rx, || {
+                ready.store(true, Ordering::Release)
+            })?;
+            Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ready.load(Ordering::Acquire) && Instant::now() < deadline && !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
+    let lo = ifindex("lo")?;
+    let (before, _) = sink.sink_stats()?;
+    let elapsed = gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+    std::thread::sleep(Duration::from_millis(50));
+    let (after, _) = sink.sink_stats()?;
+    stop.store(true, Ordering::Release);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("member thread panicked"))??;
+    Ok((after - before) as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
+pub fn throughput(size: Size) -> anyhow::Result<Figure> {
+    let _topo = Topology::with_member_port()?;
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    let frames = size.frames_per_round / 2;
+    for _ in 0..size.rounds {
+        ours.push(round(forwarder(), frames, size.flows).context("member round")?);
+        base.push(round(MacSwap, frames, size.flows).context("baseline round")?);
+    }
+    Ok(figure(
+        "sgm_throughput",
+        "mpps",
+        &ours,
+        &base,
+        "ratio ≥ 0.8 of the minimal AF_XDP forwarder",
+    ))
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Lookups per second (median of rounds), bytes per connection by the table's accounting
+/// and by RSS growth, at `n` connections.
+pub struct ConntrackFigures {
+    pub lookups: Figure,
+    pub inserts_per_s: f64,
+    pub bytes_per_conn: f64,
+    pub rss_bytes_per_conn: f64,
+    pub connections: usize,
+}
+
+pub fn conntrack(quick: bool) -> anyhow::Result<ConntrackFigures> {
+    let n: usize = if quick { 100_000 } else { 1_000_000 };
+    let rounds = if quick { 3 } else { 7 };
+    let packets: Vec<Packet> = (0..n as u32)
+        .map(|i| Packet {
+            src: IpAddr::from([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
+            dst: IpAddr::from([198, 19, 0, 1]),
+            proto: UDP,
+            sport: i as u16,
+            dport: 53,
+            flags: 0,
+        })
+        .collect();
+    let rss0 = rss_bytes();
+    let mut table = ConnTable::new(n, Timeouts::default());
+    let t = Instant::now();
+    for p in &packets {
+        table.track(p, 1, || true);
+    }
+    let inserts_per_s = n as f64 / t.elapsed().as_secs_f64();
+    let rss = rss_bytes().saturating_sub(rss0);
+    anyhow::ensure!(table.len() == n, "table holds {} of {n}", table.len());
+    // Look up in a scattered order, as traffic would.
+    let order: Vec<usize> = (0..n).map(|i| (i * 7_919) % n).collect();
+    let mut per_s = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for &i in &order {
+            std::hint::black_box(table.state(&packets[i], 2));
+        }
+        per_s.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let (median, _, _) = summary(&per_s);
+    Ok(ConntrackFigures {
+        lookups: figure(
+            "conntrack_lookups",
+            "per_s",
+            &per_s,
+            &[median],
+            "≥ 10M lookups/s per core",
+        ),
+        inserts_per_s,
+        bytes_per_conn: table.memory_bytes() as f64 / n as f64,
+        rss_bytes_per_conn: rss as f64 / n as f64,
+        connections: n,
+    })
+}
