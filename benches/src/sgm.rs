@@ -37,25 +37,29 @@ use crate::{
 const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const NEXT_HOP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 
-fn forwarder() -> Forwarder {
+/// A member's forwarder as in the lab, with the next hop of the generated frames known.
+pub fn forwarder(table_size: usize) -> Forwarder {
     let sides = lab::config(1, true, Mode::General, false).groups[0].sides();
     let mut f = Forwarder::new(
         sides,
         NeighbourLimits::default(),
-        ConnTable::new(1 << 20, Timeouts::default()),
+        ConnTable::new(table_size, Timeouts::default()),
         Arc::new(Policy::accept_all(1)),
     );
     f.add_neighbour(IpAddr::from([198, 19, 0, 1]), NEXT_HOP);
     f
 }
 
-/// Runs one member port with `handler` while the generator sends `frames`; returns Mpps
-/// that came back.
-fn round(
+/// Runs one member port with `handler` (in the benchmark namespace, see
+/// [`Topology::with_member_port`]) while the generator sends `frames` over `flows` flows;
+/// returns the Mpps that came back and the port's counters. With `until_seen` > 0 it
+/// sends `frames` again and again until the member has received that many.
+pub fn round(
     handler: impl FrameHandler + Send + 'static,
     frames: u32,
     flows: u32,
-) -> anyhow::Result<f64> {
+    until_seen: u64,
+) -> anyhow::Result<(f64, Arc<PortStats>)> {
     let mut sink = Orchestrator::load(true)?;
     sink.attach_program(bench::SINK, "gen0")?;
     let mut gen = Orchestrator::load(true)?;
@@ -103,14 +107,19 @@ fn round(
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
     let lo = ifindex("lo")?;
     let (before, _) = sink.sink_stats()?;
-    let elapsed = gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+    let mut elapsed = gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+    // A flood keeps going until the member has seen `until_seen` frames (at most 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats.rx_packets.load(Ordering::Relaxed) < until_seen && Instant::now() < deadline {
+        elapsed += gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+    }
     std::thread::sleep(Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
     stop.store(true, Ordering::Release);
     worker
         .join()
         .map_err(|_| anyhow::anyhow!("member thread panicked"))??;
-    Ok((after - before) as f64 / elapsed.as_secs_f64() / 1e6)
+    Ok(((after - before) as f64 / elapsed.as_secs_f64() / 1e6, stats))
 }
 
 pub fn throughput(size: Size) -> anyhow::Result<Figure> {
@@ -119,8 +128,16 @@ pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     let mut base = Vec::new();
     let frames = size.frames_per_round / 2;
     for _ in 0..size.rounds {
-        ours.push(round(forwarder(), frames, size.flows).context("member round")?);
-        base.push(round(MacSwap, frames, size.flows).context("baseline round")?);
+        ours.push(
+            round(forwarder(1 << 20), frames, size.flows, 0)
+                .context("member round")?
+                .0,
+        );
+        base.push(
+            round(MacSwap, frames, size.flows, 0)
+                .context("baseline round")?
+                .0,
+        );
     }
     Ok(figure(
         "sgm_throughput",
@@ -131,7 +148,8 @@ pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     ))
 }
 
-fn rss_bytes() -> usize {
+/// Resident memory of this process.
+pub fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: usize = statm
         .split_whitespace()
