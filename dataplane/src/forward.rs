@@ -117,6 +117,42 @@ pub struct Forwarder {
     pub dropped_held: [u64; DropReason::COUNT],
     /// Non-first fragments forwarded without tracking (they carry no L4 header).
     pub untracked_fragments: u64,
+    icmp_budget: TokenBucket,
+}
+
+/// Limits the ICMP errors a member originates (like the kernel's icmp_ratelimit), so a
+/// flood of expiring packets cannot turn into a flood of errors.
+struct TokenBucket {
+    tokens: f64,
+    per_sec: f64,
+    burst: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(per_sec: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            per_sec,
+            burst,
+            last: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            self.tokens = (self.tokens
+                + now.saturating_duration_since(last).as_secs_f64() * self.per_sec)
+                .min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Forwarder {
@@ -135,6 +171,7 @@ impl Forwarder {
             epoch: Instant::now(),
             dropped_held: [0; DropReason::COUNT],
             untracked_fragments: 0,
+            icmp_budget: TokenBucket::new(1000.0, 100.0),
         }
     }
 
@@ -250,6 +287,19 @@ impl Forwarder {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if ip[8] <= 1 {
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            if let (Some(back), true) = (self.side_of(IpAddr::V4(src)), self.icmp_budget.take(now))
+            {
+                if let Some(gw) = self.sides[back].gw_v4 {
+                    let prev_hop: [u8; 6] = f[6..12].try_into().unwrap();
+                    out.push(frame::icmp_time_exceeded(
+                        self.sides[back].vmac,
+                        prev_hop,
+                        gw,
+                        &f[l3..],
+                    ));
+                }
+            }
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let seen = frame::inspect_v4(ip);
@@ -282,6 +332,19 @@ impl Forwarder {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if ip[7] <= 1 {
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+            if let (Some(back), true) = (self.side_of(IpAddr::V6(src)), self.icmp_budget.take(now))
+            {
+                if let Some(gw) = self.sides[back].gw_v6 {
+                    let prev_hop: [u8; 6] = f[6..12].try_into().unwrap();
+                    out.push(frame::icmpv6_time_exceeded(
+                        self.sides[back].vmac,
+                        prev_hop,
+                        gw,
+                        &f[l3..],
+                    ));
+                }
+            }
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let seen = frame::inspect_v6(ip);
@@ -588,6 +651,29 @@ mod tests {
             fw.process(&mut f, now, &mut out),
             Verdict::Drop(DropReason::TtlExceeded)
         );
+        // The expired packet's sender is told, from the gateway of its own side.
+        assert_eq!(out.len(), 1);
+        let err = etherparse::SlicedPacket::from_ethernet(&out[0]).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = err.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source(), [198, 18, 0, 254]);
+        assert_eq!(ip.header().destination(), [198, 18, 0, 1]);
+        assert_eq!(
+            ip.header().header_checksum(),
+            ip.header().to_header().calc_header_checksum()
+        );
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = err.transport else {
+            panic!("not ICMP")
+        };
+        assert_eq!(icmp.type_u8(), 11);
+        assert_eq!(
+            icmp.checksum(),
+            icmp.icmp_type().calc_checksum(icmp.payload())
+        );
+        assert_eq!(&out[0][0..6], &HOST_MAC, "back to the previous hop");
+        assert_eq!(&out[0][6..12], &VMAC[0]);
+        out.clear();
         let mut f = udp4([198, 18, 0, 1], [198, 19, 0, 1], 64);
         f[14] = 0x43; // IHL 3
         assert_eq!(

@@ -144,6 +144,49 @@ fn icmpv6_frame(
     f
 }
 
+/// An ICMP time-exceeded error (type 11, code 0) about `quoted` (the offending IPv4
+/// header and the start of its payload), from `src` to the packet's source, as a frame
+/// from `mac` to `dst_mac`.
+pub fn icmp_time_exceeded(mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let ihl = ((quoted[0] & 0x0f) as usize) * 4;
+    // The header and 8 bytes of the payload, as RFC 792 asks (more is allowed, not needed).
+    let q = &quoted[..(ihl + 8).min(quoted.len())];
+    let dst = Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]);
+    let mut icmp = vec![11u8, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(q);
+    let sum = fold(sum_words(0, &icmp));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45u8, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let hsum = fold(sum_words(0, &ip));
+    ip[10..12].copy_from_slice(&hsum.to_be_bytes());
+    let mut f = Vec::with_capacity(14 + ip.len() + icmp.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An ICMPv6 time-exceeded error (type 3, code 0) about `quoted` (the offending packet,
+/// cut so the error fits the IPv6 minimum MTU), from `src` to the packet's source.
+pub fn icmpv6_time_exceeded(
+    mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[8..24]).unwrap());
+    let q = &quoted[..quoted.len().min(1280 - 40 - 8)];
+    let mut msg = vec![3u8, 0, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(q);
+    icmpv6_frame(dst_mac, mac, src, dst, &mut msg)
+}
+
 /// A neighbour solicitation for `target` to its solicited-node multicast address.
 pub fn neighbour_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
     let t = target.octets();

@@ -236,3 +236,44 @@ fn a_full_table_refuses_new_connections_and_keeps_the_existing_ones() {
         "an existing connection still passes"
     );
 }
+
+#[test]
+fn an_expiring_ttl_is_reported_by_the_gateway() {
+    let _lab = Lab::up(1);
+    let out = in_ns(
+        NS_EXT,
+        &["ping", "-c", "1", "-t", "1", "-W", "2", "198.19.0.1"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 198.18.0.254") && text.contains("Time to live exceeded"),
+        "{text}"
+    );
+    let out = in_ns(
+        NS_EXT,
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-W",
+            "2",
+            "2001:db8:19::1",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 2001:db8:18::fe") && text.contains("Time exceeded"),
+        "{text}"
+    );
+    let s = wait_stat(Duration::from_secs(2), |s| drops(s, "ttl_exceeded") >= 2);
+    assert_eq!(drops(&s, "ttl_exceeded"), 2);
+    // With a TTL to spare, the same destination answers.
+    let out = in_ns(
+        NS_EXT,
+        &["ping", "-c", "1", "-t", "2", "-W", "2", "198.19.0.1"],
+    );
+    assert!(out.status.success());
+}
