@@ -55,6 +55,10 @@ pub struct MemberStat {
     /// Per-packet processing time on the member, nanoseconds.
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
+    /// Worker instances, and each one's packets and connections.
+    pub workers: u32,
+    pub worker_packets: Vec<u64>,
+    pub worker_connections: Vec<u64>,
     /// Milliseconds since its last heartbeat (null: never heard).
     pub last_heartbeat_ms: Option<u64>,
 }

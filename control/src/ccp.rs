@@ -24,6 +24,11 @@ pub struct MemberReport {
     pub table_capacity: u64,
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
+    /// Packets and connections of each worker instance.
+    #[serde(default)]
+    pub worker_packets: Vec<u64>,
+    #[serde(default)]
+    pub worker_connections: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -78,6 +78,8 @@ pub struct LabOptions {
     pub l4: bool,
     /// Connection table capacity of each member.
     pub table_size: usize,
+    /// Worker instances per member.
+    pub workers: usize,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -351,6 +353,8 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
                 policy_path.to_str().unwrap(),
                 "--table-size",
                 &opts.table_size.to_string(),
+                "--workers",
+                &opts.workers.to_string(),
             ],
         )?;
     }

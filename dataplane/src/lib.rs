@@ -2,6 +2,7 @@
 //! port and the forwarding it does.
 
 pub mod conntrack;
+pub mod dispatch;
 pub mod error;
 pub mod forward;
 pub mod frame;

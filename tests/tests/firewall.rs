@@ -277,3 +277,46 @@ fn an_expiring_ttl_is_reported_by_the_gateway() {
     );
     assert!(out.status.success());
 }
+
+#[test]
+fn two_workers_share_the_connections_of_one_member() {
+    let _lab = Lab::up_with(&["--sgms", "1", "--workers", "2"]);
+    let flows: Vec<baton_control::traffic::TcpFlow> = (0..8u8)
+        .map(|i| baton_control::traffic::TcpFlow {
+            id: i as u64,
+            client: std::net::IpAddr::from([198, 18, 0, 10 + i]),
+            server: std::net::IpAddr::from([198, 19, 0, 20 + 3 * i]),
+            port: 5100 + i as u16,
+            bytes: 4 << 20,
+        })
+        .collect();
+    baton_control::traffic::tcp_streams(
+        NS_EXT,
+        NS_INT,
+        &flows,
+        Duration::from_secs(60),
+        Default::default(),
+    )
+    .expect("streams through two workers arrive intact");
+    let s = wait_stat(Duration::from_secs(2), |s| {
+        s["groups"][0]["members"][0]["worker_packets"][1]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let m = &s["groups"][0]["members"][0];
+    assert_eq!(m["workers"], 2);
+    let packets: Vec<u64> = m["worker_packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        packets.iter().all(|p| *p > 100),
+        "both workers carried connections: {packets:?}"
+    );
+    // A ping in each direction (ARP/ND reach every worker).
+    let out = in_ns(NS_INT, &["ping", "-c", "2", "-W", "2", "198.18.0.33"]);
+    assert!(out.status.success());
+}

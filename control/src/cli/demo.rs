@@ -52,6 +52,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         mode: Mode::General,
         l4: false,
         table_size: 1_000_000,
+        workers: 1,
         exe,
     })?;
     println!(

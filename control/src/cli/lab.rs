@@ -25,6 +25,9 @@ pub enum LabCommand {
         /// Connection table capacity of each member.
         #[arg(long, default_value_t = 1_000_000)]
         table_size: usize,
+        /// Worker instances per member (more than one adds the dispatcher).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -38,6 +41,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             mode,
             l4,
             table_size,
+            workers,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -46,6 +50,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 mode,
                 l4,
                 table_size,
+                workers,
                 exe,
             })?;
             let g = &stat.groups[0];

@@ -70,6 +70,12 @@ enum Command {
         /// Connection table capacity.
         #[arg(long, default_value_t = 1_000_000)]
         table_size: usize,
+        /// Worker instances (CoreXL).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Cores to pin the workers to, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        worker_cores: Option<Vec<usize>>,
     },
 }
 
@@ -88,6 +94,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             worker_core,
             policy,
             table_size,
+            workers,
+            worker_cores,
         } => daemon::member::run(daemon::member::Options {
             config: &config,
             id,
@@ -95,6 +103,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             worker_core,
             policy,
             table_size,
+            workers,
+            worker_cores,
         }),
     };
     match result {

@@ -19,6 +19,7 @@ use baton_control::{
 };
 use baton_dataplane::{
     conntrack::{ConnTable, Timeouts},
+    dispatch::{Dispatcher, WORKERS_MAX},
     forward::{DropReason, Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
@@ -34,6 +35,10 @@ pub struct Options<'a> {
     pub policy: Option<std::path::PathBuf>,
     /// Connection table capacity.
     pub table_size: usize,
+    /// Worker instances (CoreXL); more than one puts the dispatcher in front of them.
+    pub workers: usize,
+    /// Cores to pin the workers to (default: round-robin over the machine's cores).
+    pub worker_cores: Option<Vec<usize>>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -60,12 +65,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         Some(p) => Arc::new(Policy::load(p)?),
         None => Arc::new(Policy::accept_all(1)),
     };
-    let fwd = Forwarder::new(
-        group.sides(),
-        NeighbourLimits::default(),
-        ConnTable::new(opts.table_size, Timeouts::default()),
-        policy,
-    );
+    // Each worker owns its share of the table; together they hold `table_size`.
+    let workers = opts.workers.clamp(1, WORKERS_MAX);
+    let forwarders: Vec<Forwarder> = (0..workers)
+        .map(|_| {
+            Forwarder::new(
+                group.sides(),
+                NeighbourLimits::default(),
+                ConnTable::new(opts.table_size.div_ceil(workers), Timeouts::default()),
+                policy.clone(),
+            )
+        })
+        .collect();
     let (policy_tx, policy_rx) = crossbeam_channel::bounded(4);
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
@@ -74,26 +85,58 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ..Default::default()
     };
 
+    let mut worker_stats = None;
     let worker = {
         let (stats, stop, ready) = (stats.clone(), stop.clone(), ready.clone());
         let core = opts.worker_core;
+        let mut forwarders = forwarders;
+        // One worker runs in the port's own thread; more run behind the dispatcher.
+        let dispatcher = if workers > 1 {
+            let cores: Vec<usize> = match &opts.worker_cores {
+                Some(list) => list.clone(),
+                None => {
+                    let n = std::thread::available_parallelism().map_or(1, |c| c.get());
+                    (0..workers).map(|i| i % n).collect()
+                }
+            };
+            let (d, ws) = Dispatcher::new(std::mem::take(&mut forwarders), &cores)?;
+            worker_stats = Some(ws);
+            Some(d)
+        } else {
+            None
+        };
         std::thread::Builder::new()
-            .name("worker0".into())
+            .name("port0".into())
             .spawn(move || {
                 if let Some(c) = core {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
                         tracing::warn!(core = c, "could not pin the worker");
                     }
                 }
-                let r = port::run(
-                    &port_cfg,
-                    &mut programs,
-                    fwd,
-                    stats,
-                    stop.clone(),
-                    policy_rx,
-                    || ready.store(true, Ordering::Release),
-                );
+                let on_ready = || ready.store(true, Ordering::Release);
+                let r = match dispatcher {
+                    Some(d) => port::run(
+                        &port_cfg,
+                        &mut programs,
+                        d,
+                        stats,
+                        stop.clone(),
+                        policy_rx,
+                        on_ready,
+                    ),
+                    None => {
+                        let fwd = forwarders.pop().expect("one forwarder");
+                        port::run(
+                            &port_cfg,
+                            &mut programs,
+                            fwd,
+                            stats,
+                            stop.clone(),
+                            policy_rx,
+                            on_ready,
+                        )
+                    }
+                };
                 // A dead data path must not keep sending heartbeats.
                 stop.store(true, Ordering::Release);
                 r
@@ -139,7 +182,25 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     connections: stats.connections.load(Ordering::Relaxed),
                     backup_connections: 0,
                     policy_version: stats.policy_version.load(Ordering::Relaxed),
-                    workers: 1,
+                    workers: workers as u32,
+                    worker_packets: worker_stats.as_ref().map_or_else(
+                        || vec![stats.rx_packets.load(Ordering::Relaxed)],
+                        |w| {
+                            w.packets[..workers]
+                                .iter()
+                                .map(|p| p.load(Ordering::Relaxed))
+                                .collect()
+                        },
+                    ),
+                    worker_connections: worker_stats.as_ref().map_or_else(
+                        || vec![stats.connections.load(Ordering::Relaxed)],
+                        |w| {
+                            w.connections[..workers]
+                                .iter()
+                                .map(|p| p.load(Ordering::Relaxed))
+                                .collect()
+                        },
+                    ),
                     drop_reasons: DropReason::NAMES
                         .iter()
                         .zip(&stats.drops)

@@ -349,6 +349,9 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 table_capacity: report.table_capacity,
                 latency_p50_ns: report.latency_p50_ns,
                 latency_p99_ns: report.latency_p99_ns,
+                workers: report.workers,
+                worker_packets: report.worker_packets.clone(),
+                worker_connections: report.worker_connections.clone(),
                 last_heartbeat_ms: heard,
             });
         }

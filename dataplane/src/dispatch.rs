@@ -1,0 +1,339 @@
+//! CoreXL-style workers behind one queue. A veth (and a NIC without a symmetric RSS key)
+//! delivers both directions of a connection to whatever queue, so the port's thread
+//! spreads each batch over the workers by a symmetric hash of the addresses and waits for
+//! them: every packet of a connection, its fragments and the ICMP errors about it meet on
+//! one worker, which owns that connection alone — no lock on the fast path. Workers run
+//! pinned, each with its own [`Forwarder`] (connection table, neighbour table).
+//!
+//! Frames never move: workers get the descriptors and rewrite the frames in the shared
+//! UMEM; each frame belongs to exactly one thread at a time.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use xsk_rs::{FrameDesc, Umem};
+
+use crate::{
+    forward::{DropReason, Forwarder, Verdict},
+    frame::{self, Inspect, ETH_P_IPV4, ETH_P_IPV6},
+    policy::Policy,
+    port::BatchProcessor,
+};
+
+/// Most workers one member runs.
+pub const WORKERS_MAX: usize = 16;
+
+enum Request {
+    Batch {
+        descs: Vec<FrameDesc>,
+        umem: Umem,
+        now: Instant,
+    },
+    /// A control frame (ARP/ND) every worker must see: each keeps its own neighbour table.
+    Copy {
+        frame: Vec<u8>,
+        now: Instant,
+    },
+    Tick(Instant),
+    Policy(Arc<Policy>),
+}
+
+#[derive(Default)]
+struct Reply {
+    descs: Vec<FrameDesc>,
+    verdicts: Vec<Verdict>,
+    out: Vec<Vec<u8>>,
+    closed: usize,
+}
+
+/// Counters per worker, for `baton stat`.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub packets: [AtomicU64; WORKERS_MAX],
+    pub connections: [AtomicU64; WORKERS_MAX],
+    dropped_held: [[AtomicU64; DropReason::COUNT]; WORKERS_MAX],
+    pub workers: AtomicU64,
+}
+
+struct Worker {
+    requests: Sender<Request>,
+    replies: Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct Dispatcher {
+    workers: Vec<Worker>,
+    stats: Arc<WorkerStats>,
+    policy_version: u64,
+    /// Positions of the batch's frames given to each worker.
+    parts: Vec<Vec<usize>>,
+}
+
+impl Dispatcher {
+    /// Starts one worker per forwarder, pinned to the matching core when given.
+    pub fn new(
+        forwarders: Vec<Forwarder>,
+        cores: &[usize],
+    ) -> std::io::Result<(Self, Arc<WorkerStats>)> {
+        assert!(
+            !forwarders.is_empty() && forwarders.len() <= WORKERS_MAX,
+            "1..={WORKERS_MAX} workers"
+        );
+        let stats = Arc::new(WorkerStats::default());
+        stats
+            .workers
+            .store(forwarders.len() as u64, Ordering::Relaxed);
+        let policy_version = forwarders[0].policy().version;
+        let mut workers = Vec::new();
+        for (i, fwd) in forwarders.into_iter().enumerate() {
+            let (requests, rx) = crossbeam_channel::bounded::<Request>(4);
+            let (tx, replies) = crossbeam_channel::bounded::<Reply>(4);
+            let core = cores.get(i).copied();
+            let stats = stats.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("worker{i}"))
+                .spawn(move || work(i, fwd, core, rx, tx, stats))?;
+            workers.push(Worker {
+                requests,
+                replies,
+                thread: Some(thread),
+            });
+        }
+        let parts = vec![Vec::new(); workers.len()];
+        Ok((
+            Self {
+                workers,
+                stats: stats.clone(),
+                policy_version,
+                parts,
+            },
+            stats,
+        ))
+    }
+
+    /// Sends `req(i)` to every worker and gathers the replies.
+    fn broadcast(&mut self, mut req: impl FnMut() -> Request) -> Vec<Reply> {
+        for w in &self.workers {
+            let _ = w.requests.send(req());
+        }
+        self.workers
+            .iter()
+            .map(|w| w.replies.recv().unwrap_or_default())
+            .collect()
+    }
+}
+
+fn pick(frame: &[u8], n: usize) -> Option<usize> {
+    let (ethertype, l3) = frame::l2(frame)?;
+    let ip = frame.get(l3..)?;
+    let (src, dst) = match ethertype {
+        ETH_P_IPV4
+            if ip.len() >= 20
+                && (ip[0] & 0x0f) >= 5
+                && ip.len() >= ((ip[0] & 0x0f) as usize) * 4 =>
+        {
+            match frame::inspect_v4(ip) {
+                Inspect::Related(q) => (q.src, q.dst),
+                _ => (
+                    IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
+                    IpAddr::from([ip[16], ip[17], ip[18], ip[19]]),
+                ),
+            }
+        }
+        ETH_P_IPV6 if ip.len() >= 40 => {
+            // Neighbour discovery is for every worker.
+            if ip[6] == frame::IPPROTO_ICMPV6 && ip.get(40).is_some_and(|t| (133..=137).contains(t))
+            {
+                return None;
+            }
+            match frame::inspect_v6(ip) {
+                Inspect::Related(q) => (q.src, q.dst),
+                _ => (
+                    IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap()),
+                    IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()),
+                ),
+            }
+        }
+        _ => return None,
+    };
+    let word = |a: IpAddr| match a {
+        IpAddr::V4(v) => u32::from_ne_bytes(v.octets()),
+        IpAddr::V6(v) => {
+            let o = v.octets();
+            baton_common::fold_v6(
+                [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]])),
+            )
+        }
+    };
+    Some(baton_common::flow_hash(word(src), word(dst), 0, 0) as usize % n)
+}
+
+impl BatchProcessor for Dispatcher {
+    fn process_batch(
+        &mut self,
+        umem: &Umem,
+        descs: &mut [FrameDesc],
+        now: Instant,
+        verdicts: &mut Vec<Verdict>,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let n = self.workers.len();
+        for p in self.parts.iter_mut() {
+            p.clear();
+        }
+        let mut copies = Vec::new();
+        let mut local = vec![None; descs.len()];
+        for (pos, desc) in descs.iter().enumerate() {
+            // SAFETY: the frame is ours until we hand it back.
+            let data = unsafe { umem.data(desc) };
+            match pick(data.contents(), n) {
+                Some(w) => self.parts[w].push(pos),
+                None if frame::l2(data.contents()).is_some() => {
+                    copies.push(data.contents().to_vec());
+                    local[pos] = Some(Verdict::Consumed);
+                }
+                None => local[pos] = Some(Verdict::Drop(DropReason::Truncated)),
+            }
+        }
+        let mut busy = Vec::new();
+        for (w, part) in self.parts.iter().enumerate() {
+            if !part.is_empty() {
+                let sub: Vec<FrameDesc> = part.iter().map(|&p| descs[p]).collect();
+                let _ = self.workers[w].requests.send(Request::Batch {
+                    descs: sub,
+                    umem: umem.clone(),
+                    now,
+                });
+                busy.push(w);
+            }
+        }
+        let mut results = vec![None; descs.len()];
+        for w in busy {
+            let reply = self.workers[w].replies.recv().unwrap_or_default();
+            for ((&pos, d), v) in self.parts[w].iter().zip(reply.descs).zip(reply.verdicts) {
+                descs[pos] = d;
+                results[pos] = Some(v);
+            }
+            out.extend(reply.out);
+        }
+        for frame in copies {
+            for reply in self.broadcast(|| Request::Copy {
+                frame: frame.clone(),
+                now,
+            }) {
+                out.extend(reply.out);
+            }
+        }
+        verdicts.extend(
+            results
+                .into_iter()
+                .zip(local)
+                .map(|(r, l)| r.or(l).unwrap_or(Verdict::Drop(DropReason::Malformed))),
+        );
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        for reply in self.broadcast(|| Request::Tick(now)) {
+            out.extend(reply.out);
+        }
+    }
+
+    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
+        let mut sum = [0u64; DropReason::COUNT];
+        for w in &self.stats.dropped_held[..self.workers.len()] {
+            for (s, d) in sum.iter_mut().zip(w) {
+                *s += d.load(Ordering::Relaxed);
+            }
+        }
+        sum
+    }
+
+    fn connections(&self) -> usize {
+        self.stats.connections[..self.workers.len()]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed) as usize)
+            .sum()
+    }
+
+    fn policy_version(&self) -> u64 {
+        self.policy_version
+    }
+
+    fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
+        self.policy_version = policy.version;
+        self.broadcast(|| Request::Policy(policy.clone()))
+            .iter()
+            .map(|r| r.closed)
+            .sum()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            // Closing the request channel ends the worker.
+            let (dead, _) = crossbeam_channel::bounded(0);
+            w.requests = dead;
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn work(
+    i: usize,
+    mut fwd: Forwarder,
+    core: Option<usize>,
+    requests: Receiver<Request>,
+    replies: Sender<Reply>,
+    stats: Arc<WorkerStats>,
+) {
+    if let Some(c) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+            tracing::warn!(worker = i, core = c, "could not pin the worker");
+        }
+    }
+    let mut packets = 0u64;
+    while let Ok(req) = requests.recv() {
+        let mut reply = Reply::default();
+        match req {
+            Request::Batch {
+                mut descs,
+                umem,
+                now,
+            } => {
+                for d in descs.iter_mut() {
+                    // SAFETY: the dispatcher gave this frame to this worker alone.
+                    let mut data = unsafe { umem.data_mut(d) };
+                    reply
+                        .verdicts
+                        .push(fwd.process(data.contents_mut(), now, &mut reply.out));
+                }
+                packets += descs.len() as u64;
+                reply.descs = descs;
+            }
+            Request::Copy { mut frame, now } => {
+                fwd.process(&mut frame, now, &mut reply.out);
+            }
+            Request::Tick(now) => fwd.tick(now, &mut reply.out),
+            Request::Policy(p) => reply.closed = fwd.set_policy(p),
+        }
+        stats.packets[i].store(packets, Ordering::Relaxed);
+        stats.connections[i].store(fwd.connections().len() as u64, Ordering::Relaxed);
+        for (s, d) in stats.dropped_held[i].iter().zip(fwd.dropped_held) {
+            s.store(d, Ordering::Relaxed);
+        }
+        if replies.send(reply).is_err() {
+            break;
+        }
+    }
+}
