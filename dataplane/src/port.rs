@@ -38,6 +38,9 @@ pub struct PortConfig {
     pub batch: usize,
     /// How long `poll` waits when there is nothing to do.
     pub poll_timeout: Duration,
+    /// Busy polling (SO_PREFER_BUSY_POLL with this budget): the port's thread drives the
+    /// NIC queue itself instead of waiting for interrupts. Needs a dedicated core.
+    pub busy_poll: Option<u32>,
 }
 
 impl Default for PortConfig {
@@ -50,6 +53,7 @@ impl Default for PortConfig {
             frame_size: 2048,
             batch: 64,
             poll_timeout: Duration::from_millis(50),
+            busy_poll: None,
         }
     }
 }
@@ -189,6 +193,38 @@ impl PortStats {
     }
 }
 
+/// Turns on busy polling for an AF_XDP socket (as the kernel's AF_XDP documentation
+/// describes: prefer busy poll, 20 µs busy-poll time, `budget` packets per poll).
+fn busy_poll(fd: i32, budget: u32) -> Result<(), PortError> {
+    // From the kernel's uapi (asm-generic/socket.h); not all libc versions carry them.
+    const SO_BUSY_POLL: libc::c_int = 46;
+    const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+    const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+    for (opt, value) in [
+        (SO_PREFER_BUSY_POLL, 1i32),
+        (SO_BUSY_POLL, 20),
+        (SO_BUSY_POLL_BUDGET, budget as i32),
+    ] {
+        // SAFETY: setsockopt with an int value on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &value as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(PortError::Config(format!(
+                "busy polling not available (setsockopt {opt}): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the port until `stop` is set. `ready` is called once the socket receives.
 pub fn run(
     cfg: &PortConfig,
@@ -242,6 +278,9 @@ pub fn run(
     let (mut fq, mut cq) =
         fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
     member.register_socket(cfg.queue, rx.fd().as_raw_fd())?;
+    if let Some(budget) = cfg.busy_poll {
+        busy_poll(rx.fd().as_raw_fd(), budget)?;
+    }
 
     // Half the frames wait in the fill ring for packets; the other half are free for frames
     // we originate (ARP/ND, released frames).

@@ -76,6 +76,21 @@ enum Command {
         /// Cores to pin the workers to, comma-separated.
         #[arg(long, value_delimiter = ',')]
         worker_cores: Option<Vec<usize>>,
+        /// Queue of the data port the AF_XDP socket binds to.
+        #[arg(long, default_value_t = 0)]
+        queue: u32,
+        /// UMEM frames (at least twice the ring size).
+        #[arg(long, default_value_t = 4096)]
+        umem_frames: u32,
+        /// Size of the fill, completion, RX and TX rings (a power of two).
+        #[arg(long, default_value_t = 2048)]
+        ring_size: u32,
+        /// Frames handled per batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Busy-poll the queue with this budget (needs a dedicated core).
+        #[arg(long)]
+        busy_poll: Option<u32>,
     },
 }
 
@@ -96,6 +111,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             table_size,
             workers,
             worker_cores,
+            queue,
+            umem_frames,
+            ring_size,
+            batch,
+            busy_poll,
         } => daemon::member::run(daemon::member::Options {
             config: &config,
             id,
@@ -105,6 +125,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             table_size,
             workers,
             worker_cores,
+            queue,
+            umem_frames,
+            ring_size,
+            batch,
+            busy_poll,
         }),
     };
     match result {

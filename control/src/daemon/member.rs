@@ -39,6 +39,12 @@ pub struct Options<'a> {
     pub workers: usize,
     /// Cores to pin the workers to (default: round-robin over the machine's cores).
     pub worker_cores: Option<Vec<usize>>,
+    /// AF_XDP: queue of the data port, UMEM frames, ring size, batch, busy-poll budget.
+    pub queue: u32,
+    pub umem_frames: u32,
+    pub ring_size: u32,
+    pub batch: usize,
+    pub busy_poll: Option<u32>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -82,6 +88,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let port_cfg = PortConfig {
         iface: opts.data_port.clone(),
+        queue: opts.queue,
+        frames: opts.umem_frames,
+        ring: opts.ring_size,
+        batch: opts.batch,
+        busy_poll: opts.busy_poll,
         ..Default::default()
     };
 
