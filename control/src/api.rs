@@ -95,6 +95,13 @@ pub struct BucketTable {
     pub backup: Vec<u32>,
 }
 
+/// `POST /v1/members/{id}/workers`: the worker count a member should run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersRequest {
+    pub workers: u32,
+}
+
 /// Body of every 4xx/5xx answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

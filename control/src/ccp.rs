@@ -46,6 +46,9 @@ pub struct HeartbeatAck {
     pub seq: u64,
     pub state: MemberState,
     pub smo: Option<u32>,
+    /// Worker instances the member should run (Dynamic Balancing), when set.
+    #[serde(default)]
+    pub workers: Option<u32>,
 }
 
 /// Largest datagram either side sends or accepts.

@@ -42,6 +42,15 @@ fn octets(ip: IpAddr) -> [u8; 16] {
 }
 
 impl FlowKey {
+    /// The two addresses of the connection (lower first).
+    pub fn addresses(&self) -> (IpAddr, IpAddr) {
+        let ip = |o: [u8; 16]| {
+            let a = std::net::Ipv6Addr::from(o);
+            a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+        };
+        (ip(self.lo), ip(self.hi))
+    }
+
     /// The key of a packet and whether the packet goes from `lo` to `hi`.
     pub fn of(p: &Packet) -> (FlowKey, bool) {
         let (s, d) = ((octets(p.src), p.sport), (octets(p.dst), p.dport));
@@ -122,6 +131,13 @@ struct Entry {
     initiator_lo: bool,
     /// FIN seen from lo (bit 0) / hi (bit 1).
     fins: u8,
+}
+
+/// A connection in transit between two tables, state and timers intact.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub key: FlowKey,
+    entry: Entry,
 }
 
 /// What happened to a packet.
@@ -266,6 +282,25 @@ impl ConnTable {
         self.map.insert(k, e);
         self.counters.created += 1;
         Track::Created
+    }
+
+    /// Takes every connection out (to hand them to other workers).
+    pub fn drain(&mut self) -> Vec<Connection> {
+        self.hand = 0;
+        self.map
+            .drain(..)
+            .map(|(key, entry)| Connection { key, entry })
+            .collect()
+    }
+
+    /// Adopts a connection from another table; false when this one is full.
+    pub fn adopt(&mut self, c: Connection) -> bool {
+        if self.map.len() >= self.capacity {
+            self.counters.table_full += 1;
+            return false;
+        }
+        self.map.insert(c.key, c.entry);
+        true
     }
 
     /// Closes every connection `keep` refuses (a policy replacement). Returns how many.
@@ -606,6 +641,42 @@ mod tests {
         assert_eq!(t.len(), 2);
         // The kept connection was asked about in its initiator's direction.
         assert!(t.state(&tcp(S, 3, C, 443, 0), 1).is_some());
+    }
+
+    #[test]
+    fn connections_move_between_tables_intact() {
+        let mut a = ConnTable::new(4, Timeouts::default());
+        let mut b = ConnTable::new(1, Timeouts::default());
+        a.track(&tcp(C, 1, S, 2, flags::SYN), 0, || true);
+        a.track(&tcp(S, 2, C, 1, flags::SYN | flags::ACK), 1, || true);
+        a.track(&tcp(C, 3, S, 2, flags::SYN), 0, || true);
+        let moved = a.drain();
+        assert!(a.is_empty());
+        assert_eq!(moved.len(), 2);
+        let (lo, hi) = moved[0].key.addresses();
+        assert_eq!((lo, hi), (C.parse().unwrap(), S.parse().unwrap()));
+        let mut adopted = 0;
+        for c in moved {
+            adopted += usize::from(b.adopt(c));
+        }
+        assert_eq!(adopted, 1, "capacity holds for adopted connections too");
+        assert_eq!(b.counters.table_full, 1);
+        assert_eq!(b.len(), 1);
+        // The adopted connection keeps its state: the handshake goes on.
+        let ack = if b.state(&tcp(C, 1, S, 2, 0), 2).is_some() {
+            tcp(C, 1, S, 2, flags::ACK)
+        } else {
+            tcp(C, 3, S, 2, flags::ACK)
+        };
+        let want = if b.state(&tcp(C, 1, S, 2, 0), 2).is_some() {
+            State::Established
+        } else {
+            State::SynSent
+        };
+        assert_eq!(
+            b.track(&ack, 2, || panic!("no policy for an existing connection")),
+            Track::Existing(want)
+        );
     }
 
     #[test]

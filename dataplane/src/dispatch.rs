@@ -66,57 +66,80 @@ pub struct WorkerStats {
 struct Worker {
     requests: Sender<Request>,
     replies: Receiver<Reply>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Forwarder>>,
 }
+
+/// Makes the forwarder of one of `n` workers (its share of the connection table).
+pub type MakeForwarder = Box<dyn Fn(usize) -> Forwarder + Send>;
 
 pub struct Dispatcher {
     workers: Vec<Worker>,
     stats: Arc<WorkerStats>,
-    policy_version: u64,
+    policy: Arc<Policy>,
+    cores: Vec<usize>,
+    make: MakeForwarder,
     /// Positions of the batch's frames given to each worker.
     parts: Vec<Vec<usize>>,
 }
 
 impl Dispatcher {
-    /// Starts one worker per forwarder, pinned to the matching core when given.
+    /// Starts `n` workers made by `make`, the i-th pinned to `cores[i]` when given.
     pub fn new(
-        forwarders: Vec<Forwarder>,
+        n: usize,
+        make: MakeForwarder,
         cores: &[usize],
     ) -> std::io::Result<(Self, Arc<WorkerStats>)> {
-        assert!(
-            !forwarders.is_empty() && forwarders.len() <= WORKERS_MAX,
-            "1..={WORKERS_MAX} workers"
-        );
+        assert!((1..=WORKERS_MAX).contains(&n), "1..={WORKERS_MAX} workers");
         let stats = Arc::new(WorkerStats::default());
-        stats
+        let forwarders: Vec<Forwarder> = (0..n).map(|_| make(n)).collect();
+        let policy = Arc::new(forwarders[0].policy().clone());
+        let mut d = Self {
+            workers: Vec::new(),
+            stats: stats.clone(),
+            policy,
+            cores: cores.to_vec(),
+            make,
+            parts: Vec::new(),
+        };
+        d.start(forwarders)?;
+        Ok((d, stats))
+    }
+
+    fn start(&mut self, forwarders: Vec<Forwarder>) -> std::io::Result<()> {
+        self.stats
             .workers
             .store(forwarders.len() as u64, Ordering::Relaxed);
-        let policy_version = forwarders[0].policy().version;
-        let mut workers = Vec::new();
         for (i, fwd) in forwarders.into_iter().enumerate() {
             let (requests, rx) = crossbeam_channel::bounded::<Request>(4);
             let (tx, replies) = crossbeam_channel::bounded::<Reply>(4);
-            let core = cores.get(i).copied();
-            let stats = stats.clone();
+            let core = self.cores.get(i).copied();
+            let stats = self.stats.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("worker{i}"))
                 .spawn(move || work(i, fwd, core, rx, tx, stats))?;
-            workers.push(Worker {
+            self.workers.push(Worker {
                 requests,
                 replies,
                 thread: Some(thread),
             });
         }
-        let parts = vec![Vec::new(); workers.len()];
-        Ok((
-            Self {
-                workers,
-                stats: stats.clone(),
-                policy_version,
-                parts,
-            },
-            stats,
-        ))
+        self.parts = vec![Vec::new(); self.workers.len()];
+        Ok(())
+    }
+
+    /// Stops the workers and returns their forwarders.
+    fn stop(&mut self) -> Vec<Forwarder> {
+        self.workers
+            .drain(..)
+            .filter_map(|mut w| {
+                // Closing the request channel ends the worker.
+                drop(std::mem::replace(
+                    &mut w.requests,
+                    crossbeam_channel::bounded(0).0,
+                ));
+                w.thread.take().and_then(|t| t.join().ok())
+            })
+            .collect()
     }
 
     /// Sends `req(i)` to every worker and gathers the replies.
@@ -164,6 +187,11 @@ fn pick(frame: &[u8], n: usize) -> Option<usize> {
         }
         _ => return None,
     };
+    Some(worker_of(src, dst, n))
+}
+
+/// The worker that owns the connections between two addresses (either order).
+fn worker_of(a: IpAddr, b: IpAddr, n: usize) -> usize {
     let word = |a: IpAddr| match a {
         IpAddr::V4(v) => u32::from_ne_bytes(v.octets()),
         IpAddr::V6(v) => {
@@ -173,7 +201,7 @@ fn pick(frame: &[u8], n: usize) -> Option<usize> {
             )
         }
     };
-    Some(baton_common::flow_hash(word(src), word(dst), 0, 0) as usize % n)
+    baton_common::flow_hash(word(a), word(b), 0, 0) as usize % n
 }
 
 impl BatchProcessor for Dispatcher {
@@ -264,28 +292,60 @@ impl BatchProcessor for Dispatcher {
     }
 
     fn policy_version(&self) -> u64 {
-        self.policy_version
+        self.policy.version
     }
 
     fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
-        self.policy_version = policy.version;
+        self.policy = policy.clone();
         self.broadcast(|| Request::Policy(policy.clone()))
             .iter()
             .map(|r| r.closed)
             .sum()
     }
+
+    /// Dynamic Balancing: replaces the workers with `n` new ones and hands every
+    /// connection to the worker its addresses hash to under the new count, state and
+    /// timers intact. Runs between two batches, so no packet is in flight; the new workers
+    /// start with every neighbour the old ones had resolved.
+    fn resize(&mut self, n: usize) -> Result<usize, String> {
+        if !(1..=WORKERS_MAX).contains(&n) {
+            return Err(format!("the worker count must be 1..={WORKERS_MAX}"));
+        }
+        let old = self.stop();
+        let mut new: Vec<Forwarder> = (0..n).map(|_| (self.make)(n)).collect();
+        let mut moved = 0;
+        for (i, mut f) in old.into_iter().enumerate() {
+            for (ip, mac) in f.resolved_neighbours() {
+                for g in new.iter_mut() {
+                    g.add_neighbour(ip, mac);
+                }
+            }
+            for c in f.take_connections() {
+                let (a, b) = c.key.addresses();
+                let w = worker_of(a, b, n);
+                moved += usize::from(w != i);
+                if !new[w].adopt_connection(c) {
+                    tracing::warn!(
+                        worker = w,
+                        "connection lost in a resize: the new worker's table is full"
+                    );
+                }
+            }
+        }
+        for f in new.iter_mut() {
+            f.set_policy(self.policy.clone());
+        }
+        for s in &self.stats.packets {
+            s.store(0, Ordering::Relaxed);
+        }
+        self.start(new).map_err(|e| e.to_string())?;
+        Ok(moved)
+    }
 }
 
 impl Drop for Dispatcher {
     fn drop(&mut self) {
-        for w in &mut self.workers {
-            // Closing the request channel ends the worker.
-            let (dead, _) = crossbeam_channel::bounded(0);
-            w.requests = dead;
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
-        }
+        self.stop();
     }
 }
 
@@ -296,7 +356,7 @@ fn work(
     requests: Receiver<Request>,
     replies: Sender<Reply>,
     stats: Arc<WorkerStats>,
-) {
+) -> Forwarder {
     if let Some(c) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
             tracing::warn!(worker = i, core = c, "could not pin the worker");
@@ -336,4 +396,5 @@ fn work(
             break;
         }
     }
+    fwd
 }

@@ -13,7 +13,7 @@ use ahash::AHashMap;
 use ipnet::IpNet;
 
 use crate::{
-    conntrack::{ConnTable, Track},
+    conntrack::{ConnTable, Connection, Track},
     frame::{self, Inspect, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6},
     policy::{Action, Policy},
 };
@@ -179,6 +179,24 @@ impl Forwarder {
     pub fn add_neighbour(&mut self, ip: IpAddr, mac: [u8; 6]) {
         let mut out = Vec::new();
         self.learn(ip, mac, &mut out);
+    }
+
+    /// Takes all connections out (Dynamic Balancing moves them to other workers).
+    pub fn take_connections(&mut self) -> Vec<Connection> {
+        self.conns.drain()
+    }
+
+    /// Adopts a connection of another worker; false when the table is full.
+    pub fn adopt_connection(&mut self, c: Connection) -> bool {
+        self.conns.adopt(c)
+    }
+
+    /// Resolved neighbours, to seed a new worker.
+    pub fn resolved_neighbours(&self) -> Vec<(IpAddr, [u8; 6])> {
+        self.neighbours
+            .iter()
+            .filter_map(|(ip, n)| n.mac.map(|m| (*ip, m)))
+            .collect()
     }
 
     pub fn connections(&self) -> &ConnTable {

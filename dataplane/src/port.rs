@@ -102,6 +102,12 @@ impl FrameHandler for Forwarder {
     }
 }
 
+/// Changes a port takes between two batches.
+pub enum Control {
+    Policy(Arc<Policy>),
+    Workers(usize),
+}
+
 /// Decides about a batch of received frames: one handler in the port's thread, or the
 /// dispatcher that spreads the batch over pinned workers.
 pub trait BatchProcessor {
@@ -119,6 +125,11 @@ pub trait BatchProcessor {
     fn connections(&self) -> usize;
     fn policy_version(&self) -> u64;
     fn set_policy(&mut self, policy: Arc<Policy>) -> usize;
+    /// Changes the number of workers, keeping every connection; returns how many
+    /// connections moved to another worker.
+    fn resize(&mut self, _workers: usize) -> Result<usize, String> {
+        Err("this member runs one worker in the port's thread; start it with --workers 2 or more to change the count at runtime".into())
+    }
 }
 
 impl<H: FrameHandler> BatchProcessor for H {
@@ -232,7 +243,7 @@ pub fn run(
     mut fwd: impl BatchProcessor,
     stats: Arc<PortStats>,
     stop: Arc<AtomicBool>,
-    policies: crossbeam_channel::Receiver<Arc<Policy>>,
+    control: crossbeam_channel::Receiver<Control>,
     ready: impl FnOnce(),
 ) -> Result<(), PortError> {
     let ring = QueueSize::new(cfg.ring)
@@ -423,12 +434,20 @@ pub fn run(
         stats
             .connections
             .store(fwd.connections() as u64, Ordering::Relaxed);
-        // A new policy applies between two batches: each packet sees one policy.
-        if let Ok(policy) = policies.try_recv() {
-            let version = policy.version;
-            let closed = fwd.set_policy(policy);
-            stats.policy_version.store(version, Ordering::Relaxed);
-            tracing::info!(version, closed, "policy installed");
+        // Changes apply between two batches: each packet sees one policy, one set of
+        // workers.
+        match control.try_recv() {
+            Ok(Control::Policy(policy)) => {
+                let version = policy.version;
+                let closed = fwd.set_policy(policy);
+                stats.policy_version.store(version, Ordering::Relaxed);
+                tracing::info!(version, closed, "policy installed");
+            }
+            Ok(Control::Workers(n)) => match fwd.resize(n) {
+                Ok(moved) => tracing::info!(workers = n, moved, "workers changed"),
+                Err(e) => tracing::warn!(workers = n, "workers not changed: {e}"),
+            },
+            Err(_) => {}
         }
         if now.duration_since(last_publish) >= Duration::from_secs(1) && !latency.is_empty() {
             last_publish = now;

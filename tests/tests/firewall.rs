@@ -320,3 +320,47 @@ fn two_workers_share_the_connections_of_one_member() {
     let out = in_ns(NS_INT, &["ping", "-c", "2", "-W", "2", "198.18.0.33"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn the_worker_count_changes_at_runtime_without_dropping_connections() {
+    let _lab = Lab::up_with(&["--sgms", "1", "--workers", "2"]);
+    let mut pairs = Vec::new();
+    for i in 0..8u8 {
+        let addr = SocketAddr::from(([198, 19, 0, 40 + i], 5200 + i as u16));
+        let l = listen(addr);
+        let c = connect(addr).expect("connection opens");
+        let (srv, _) = l.accept().unwrap();
+        pairs.push((c, srv));
+    }
+    let all_pass =
+        |pairs: &mut Vec<(TcpStream, TcpStream)>| pairs.iter_mut().all(|(c, s)| passes(c, s));
+    assert!(all_pass(&mut pairs));
+    let conns = |s: &Value| {
+        s["groups"][0]["members"][0]["connections"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = conns(&wait_stat(Duration::from_secs(2), |s| conns(s) >= 8));
+    assert!(before >= 8);
+    for n in [3u64, 1, 2] {
+        baton_ok(&["workers", "1", &n.to_string()]);
+        let s = wait_stat(Duration::from_secs(3), |s| {
+            s["groups"][0]["members"][0]["workers"] == n
+        });
+        assert_eq!(
+            s["groups"][0]["members"][0]["workers"], n,
+            "member runs {n} workers"
+        );
+        assert!(
+            all_pass(&mut pairs),
+            "every connection survives the change to {n} workers"
+        );
+        assert!(conns(&stat_json()) >= before, "no connection was dropped");
+    }
+    // Bad requests change nothing and say why.
+    let out = baton(&["workers", "9", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no member 9"));
+    let out = baton(&["workers", "1", "17"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1..=16"));
+    assert_eq!(stat_json()["groups"][0]["members"][0]["workers"], 2);
+}

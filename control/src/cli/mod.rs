@@ -46,6 +46,14 @@ enum Command {
     Search(search::SearchArgs),
     /// Bring up a lab, run traffic through it with a live status, tear it down.
     Demo(demo::DemoArgs),
+    /// Change the number of worker instances of a member at runtime (Dynamic Balancing);
+    /// its connections move between workers, none is dropped.
+    Workers {
+        /// Member id.
+        member: u32,
+        /// Worker instances (1..=16).
+        count: u32,
+    },
     /// Run the orchestrator daemon.
     Orchestrator {
         #[arg(long)]
@@ -100,6 +108,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab { command } => lab::run(command),
         Command::Stat(args) => stat::run(&client, args),
         Command::Demo(args) => demo::run(&client, args),
+        Command::Workers { member, count } => {
+            let r: baton_control::api::WorkersRequest = client.post(
+                &format!("/v1/members/{member}/workers"),
+                &baton_control::api::WorkersRequest { workers: count },
+            )?;
+            println!(
+                "member {member}: {} workers requested (applied at its next heartbeat)",
+                r.workers
+            );
+            Ok(())
+        }
         Command::Search(args) => search::run(&client, args),
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
         Command::Sgm {

@@ -19,11 +19,11 @@ use baton_control::{
 };
 use baton_dataplane::{
     conntrack::{ConnTable, Timeouts},
-    dispatch::{Dispatcher, WORKERS_MAX},
+    dispatch::{Dispatcher, MakeForwarder, WorkerStats, WORKERS_MAX},
     forward::{DropReason, Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
-    port::{self, PortConfig, PortStats},
+    port::{self, Control, PortConfig, PortStats},
 };
 
 pub struct Options<'a> {
@@ -73,17 +73,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     // Each worker owns its share of the table; together they hold `table_size`.
     let workers = opts.workers.clamp(1, WORKERS_MAX);
-    let forwarders: Vec<Forwarder> = (0..workers)
-        .map(|_| {
+    let make: MakeForwarder = {
+        let (sides, table_size, policy) = (group.sides(), opts.table_size, policy.clone());
+        Box::new(move |n| {
             Forwarder::new(
-                group.sides(),
+                sides.clone(),
                 NeighbourLimits::default(),
-                ConnTable::new(opts.table_size.div_ceil(workers), Timeouts::default()),
+                ConnTable::new(table_size.div_ceil(n), Timeouts::default()),
                 policy.clone(),
             )
         })
-        .collect();
-    let (policy_tx, policy_rx) = crossbeam_channel::bounded(4);
+    };
+    let (control_tx, control_rx) = crossbeam_channel::bounded(4);
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let port_cfg = PortConfig {
@@ -100,21 +101,20 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let worker = {
         let (stats, stop, ready) = (stats.clone(), stop.clone(), ready.clone());
         let core = opts.worker_core;
-        let mut forwarders = forwarders;
         // One worker runs in the port's own thread; more run behind the dispatcher.
         let dispatcher = if workers > 1 {
             let cores: Vec<usize> = match &opts.worker_cores {
                 Some(list) => list.clone(),
                 None => {
                     let n = std::thread::available_parallelism().map_or(1, |c| c.get());
-                    (0..workers).map(|i| i % n).collect()
+                    (0..WORKERS_MAX).map(|i| i % n).collect()
                 }
             };
-            let (d, ws) = Dispatcher::new(std::mem::take(&mut forwarders), &cores)?;
+            let (d, ws) = Dispatcher::new(workers, make, &cores)?;
             worker_stats = Some(ws);
-            Some(d)
+            Ok(d)
         } else {
-            None
+            Err(make(1))
         };
         std::thread::Builder::new()
             .name("port0".into())
@@ -126,27 +126,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 let on_ready = || ready.store(true, Ordering::Release);
                 let r = match dispatcher {
-                    Some(d) => port::run(
+                    Ok(d) => port::run(
                         &port_cfg,
                         &mut programs,
                         d,
                         stats,
                         stop.clone(),
-                        policy_rx,
+                        control_rx,
                         on_ready,
                     ),
-                    None => {
-                        let fwd = forwarders.pop().expect("one forwarder");
-                        port::run(
-                            &port_cfg,
-                            &mut programs,
-                            fwd,
-                            stats,
-                            stop.clone(),
-                            policy_rx,
-                            on_ready,
-                        )
-                    }
+                    Err(fwd) => port::run(
+                        &port_cfg,
+                        &mut programs,
+                        fwd,
+                        stats,
+                        stop.clone(),
+                        control_rx,
+                        on_ready,
+                    ),
                 };
                 // A dead data path must not keep sending heartbeats.
                 stop.store(true, Ordering::Release);
@@ -161,6 +158,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .with_context(|| format!("no route to the orchestrator {}", config.orchestrator.ccp))?;
     sock.set_read_timeout(Some(interval / 4))?;
     let mut seq = 0u64;
+    let mut requested_workers = workers;
     let mut state = MemberState::Down;
     let mut next = Instant::now();
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
@@ -170,7 +168,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             match opts.policy.as_deref().map(Policy::load) {
                 Some(Ok(p)) => {
                     tracing::info!(version = p.version, "policy reloaded");
-                    let _ = policy_tx.send(Arc::new(p));
+                    let _ = control_tx.send(Control::Policy(Arc::new(p)));
                 }
                 // A broken file changes nothing: the running policy stays.
                 Some(Err(e)) => tracing::error!("policy not reloaded: {e}"),
@@ -193,11 +191,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     connections: stats.connections.load(Ordering::Relaxed),
                     backup_connections: 0,
                     policy_version: stats.policy_version.load(Ordering::Relaxed),
-                    workers: workers as u32,
+                    workers: current_workers(&worker_stats) as u32,
                     worker_packets: worker_stats.as_ref().map_or_else(
                         || vec![stats.rx_packets.load(Ordering::Relaxed)],
                         |w| {
-                            w.packets[..workers]
+                            w.packets[..current_workers(&worker_stats)]
                                 .iter()
                                 .map(|p| p.load(Ordering::Relaxed))
                                 .collect()
@@ -206,7 +204,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     worker_connections: worker_stats.as_ref().map_or_else(
                         || vec![stats.connections.load(Ordering::Relaxed)],
                         |w| {
-                            w.connections[..workers]
+                            w.connections[..current_workers(&worker_stats)]
                                 .iter()
                                 .map(|p| p.load(Ordering::Relaxed))
                                 .collect()
@@ -228,6 +226,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }
         if let Ok(n) = sock.recv(&mut buf) {
             if let Some(ack) = ccp::decode::<HeartbeatAck>(&buf[..n]) {
+                // The orchestrator asks for another worker count (Dynamic Balancing).
+                if let Some(n) = ack.workers.map(|n| n as usize) {
+                    if n != requested_workers {
+                        requested_workers = n;
+                        let _ = control_tx.send(Control::Workers(n));
+                    }
+                }
                 if ack.state != state {
                     tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, "member state");
                     state = ack.state;
@@ -241,4 +246,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     r.context("data port")?;
     tracing::info!("member stopped");
     Ok(())
+}
+
+/// Workers running now (one when the port runs its forwarder itself).
+fn current_workers(stats: &Option<Arc<WorkerStats>>) -> usize {
+    stats
+        .as_ref()
+        .map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
 }

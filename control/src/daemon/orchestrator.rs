@@ -19,13 +19,19 @@ use axum::{
 };
 use baton_common::{key, Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
-    api::{BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat},
+    api::{
+        BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat,
+        WorkersRequest,
+    },
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
     planner, search,
 };
-use baton_dataplane::loader::{ifindex, Orchestrator};
+use baton_dataplane::{
+    dispatch::WORKERS_MAX,
+    loader::{ifindex, Orchestrator},
+};
 use serde::Deserialize;
 
 struct Uplink {
@@ -45,6 +51,8 @@ struct Shared {
     downlinks: BTreeMap<u32, u32>,
     uplinks: Vec<Uplink>,
     tables: BTreeMap<u32, Vec<Bucket>>,
+    /// Worker counts asked of members (Dynamic Balancing).
+    workers: BTreeMap<u32, u32>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -134,6 +142,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         downlinks,
         uplinks,
         tables,
+        workers: BTreeMap::new(),
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
 
@@ -200,6 +209,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                         seq: hb.seq,
                         state: s.membership.state(hb.member).unwrap_or(MemberState::Down),
                         smo: s.membership.smo(group),
+                        workers: s.workers.get(&hb.member).copied(),
                     };
                     let _ = sock.send_to(&ccp::encode(&ack), from);
                 }
@@ -283,6 +293,7 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
         .route("/v1/stat", get(stat))
         .route("/v1/search", get(search_bucket))
         .route("/v1/buckets", get(buckets))
+        .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
         .with_state(shared);
     tracing::info!(socket = %path.display(), "API listening");
     let shutdown = async {
@@ -394,6 +405,32 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         uplinks,
         events,
     }))
+}
+
+/// Asks a member to run `workers` worker instances; it applies the change at its next
+/// heartbeat, moving its connections between workers without dropping any.
+async fn set_workers(
+    State(shared): State<SharedRef>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+    Json(body): Json<WorkersRequest>,
+) -> Result<Json<WorkersRequest>, ApiError> {
+    let mut s = shared.lock().unwrap();
+    if s.membership.state(id).is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no member {id}")));
+    }
+    if !(1..=WORKERS_MAX as u32).contains(&body.workers) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("workers must be 1..={WORKERS_MAX}, not {}", body.workers),
+        ));
+    }
+    s.workers.insert(id, body.workers);
+    tracing::info!(
+        member = id,
+        workers = body.workers,
+        "worker count requested"
+    );
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]
