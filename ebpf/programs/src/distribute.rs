@@ -59,7 +59,7 @@ fn try_distribute(ctx: &XdpContext) -> Result<u32, u32> {
     if slot == 0 {
         return Err(event::DROP_UNKNOWN_PORT);
     }
-    let up = *UPLINKS.get(slot - 1).ok_or(event::DROP_UNKNOWN_PORT)?;
+    let up: &UplinkConf = UPLINKS.get(slot - 1).ok_or(event::DROP_UNKNOWN_PORT)?;
     if let Some(s) = UPLINK_STATS.get_ptr_mut(up.slot) {
         unsafe {
             (*s).rx_packets += 1;
@@ -69,10 +69,10 @@ fn try_distribute(ctx: &XdpContext) -> Result<u32, u32> {
     let (proto, off) = l2(ctx)?;
     let l3 = match proto {
         ETH_P_IPV4 => ipv4(ctx, off, up.key)?,
-        ETH_P_IPV6 => ipv6(ctx, off, &up)?,
+        ETH_P_IPV6 => ipv6(ctx, off, up)?,
         ETH_P_ARP => {
             learn(ctx, ifindex)?;
-            L3::Done(arp(ctx, off, &up)?)
+            L3::Done(arp(ctx, off, up)?)
         }
         _ => return Err(event::DROP_NOT_IP),
     };
@@ -192,8 +192,8 @@ fn ipv4(ctx: &XdpContext, off: usize, keymode: u32) -> Result<L3, u32> {
     }
     let mut flow = unsafe {
         Flow {
-            src: word((*ip).src),
-            dst: word((*ip).dst),
+            src: addr4((*ip).src.as_ptr()),
+            dst: addr4((*ip).dst.as_ptr()),
             sport: 0,
             dport: 0,
         }
@@ -224,8 +224,8 @@ fn ipv4(ctx: &XdpContext, off: usize, keymode: u32) -> Result<L3, u32> {
                 return Err(event::DROP_MALFORMED);
             }
             unsafe {
-                flow.src = word((*inner).dst);
-                flow.dst = word((*inner).src);
+                flow.src = addr4((*inner).dst.as_ptr());
+                flow.dst = addr4((*inner).src.as_ptr());
             }
             if ports && has_ports(iproto) && ifrag & 0x3fff == 0 {
                 let (s, d) = ports_at(ctx, q + ((ivhl & 0x0f) as usize) * 4)?;
@@ -245,8 +245,8 @@ fn ipv6(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<L3, u32> {
     }
     let mut flow = unsafe {
         Flow {
-            src: word6((*ip).src),
-            dst: word6((*ip).dst),
+            src: addr6((*ip).src.as_ptr()),
+            dst: addr6((*ip).dst.as_ptr()),
             sport: 0,
             dport: 0,
         }
@@ -310,8 +310,8 @@ fn ipv6(ctx: &XdpContext, off: usize, up: &UplinkConf) -> Result<L3, u32> {
                 let q = l4 + size_of::<IcmpHdr>();
                 let inner: *const Ipv6Hdr = ptr_at(ctx, q)?;
                 let inext = unsafe {
-                    flow.src = word6((*inner).dst);
-                    flow.dst = word6((*inner).src);
+                    flow.src = addr6((*inner).dst.as_ptr());
+                    flow.dst = addr6((*inner).src.as_ptr());
                     (*inner).next
                 };
                 if ports && has_ports(inext) {

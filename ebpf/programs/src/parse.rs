@@ -121,20 +121,30 @@ pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+
+/// The hash word of an IPv4 address in the packet, read as two 16-bit loads: IP headers
+/// sit at an even offset behind Ethernet (and VLAN) headers in an XDP buffer whose start is
+/// aligned, so these loads are aligned and half as many as byte loads. On little-endian
+/// targets this is `u32::from_ne_bytes(address)`, the word `baton_common::flow_hash` and
+/// `baton search` use.
 #[inline(always)]
-pub fn word(b: [u8; 4]) -> u32 {
-    u32::from_ne_bytes(b)
+pub unsafe fn addr4(p: *const u8) -> u32 {
+    let h = p as *const u16;
+    unsafe { (*h as u32) | ((*h.add(1) as u32) << 16) }
 }
 
+/// `baton_common::fold_v6` of an IPv6 address in the packet, from 16-bit loads (see
+/// [`addr4`]).
 #[inline(always)]
-pub fn word6(b: [u8; 16]) -> u32 {
-    baton_common::fold_v6([
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ])
+pub unsafe fn addr6(p: *const u8) -> u32 {
+    let h = p as *const u16;
+    unsafe {
+        let lo = *h ^ *h.add(2) ^ *h.add(4) ^ *h.add(6);
+        let hi = *h.add(1) ^ *h.add(3) ^ *h.add(5) ^ *h.add(7);
+        (lo as u32) | ((hi as u32) << 16)
+    }
 }
+
 
 /// Skips up to two VLAN tags (802.1Q, QinQ). Returns the inner EtherType and the offset of
 /// the L3 header.
