@@ -2,24 +2,12 @@
 
 use std::net::IpAddr;
 
-use baton_common::{flow_hash, fold_v6, key};
+use baton_common::{addr_word, flow_hash, key};
 
 /// IP protocol numbers that carry ports in the flow key.
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const SCTP: u8 = 132;
-
-/// The hash word of an address, as `distribute` loads it from the packet.
-pub fn addr_word(ip: IpAddr) -> u32 {
-    match ip {
-        IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            fold_v6([w(0), w(4), w(8), w(12)])
-        }
-    }
-}
 
 /// Hash of a packet from `src` to `dst` arriving on an uplink whose flow-key selector is
 /// `uplink_key` ([`baton_common::key`]).

@@ -192,16 +192,8 @@ fn pick(frame: &[u8], n: usize) -> Option<usize> {
 
 /// The worker that owns the connections between two addresses (either order).
 fn worker_of(a: IpAddr, b: IpAddr, n: usize) -> usize {
-    let word = |a: IpAddr| match a {
-        IpAddr::V4(v) => u32::from_ne_bytes(v.octets()),
-        IpAddr::V6(v) => {
-            let o = v.octets();
-            baton_common::fold_v6(
-                [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]])),
-            )
-        }
-    };
-    baton_common::flow_hash(word(a), word(b), 0, 0) as usize % n
+    use baton_common::{addr_word, flow_hash};
+    flow_hash(addr_word(a), addr_word(b), 0, 0) as usize % n
 }
 
 impl BatchProcessor for Dispatcher {

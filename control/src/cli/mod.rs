@@ -60,46 +60,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run a member (SGM) daemon.
-    Sgm {
-        #[arg(long)]
-        config: PathBuf,
-        /// Member id (1..=63), as in the configuration.
-        #[arg(long)]
-        id: u32,
-        /// The member's data port.
-        #[arg(long, default_value = "dl0")]
-        data_port: String,
-        /// Core to pin the worker to.
-        #[arg(long)]
-        worker_core: Option<usize>,
-        /// Policy file (TOML), reloaded on SIGHUP; without it every connection is accepted.
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// Connection table capacity.
-        #[arg(long, default_value_t = 1_000_000)]
-        table_size: usize,
-        /// Worker instances (CoreXL).
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Cores to pin the workers to, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        worker_cores: Option<Vec<usize>>,
-        /// Queue of the data port the AF_XDP socket binds to.
-        #[arg(long, default_value_t = 0)]
-        queue: u32,
-        /// UMEM frames (at least twice the ring size).
-        #[arg(long, default_value_t = 4096)]
-        umem_frames: u32,
-        /// Size of the fill, completion, RX and TX rings (a power of two).
-        #[arg(long, default_value_t = 2048)]
-        ring_size: u32,
-        /// Frames handled per batch.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Busy-poll the queue with this budget (needs a dedicated core).
-        #[arg(long)]
-        busy_poll: Option<u32>,
-    },
+    Sgm(daemon::member::Options),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -121,35 +82,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Search(args) => search::run(&client, args),
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
-        Command::Sgm {
-            config,
-            id,
-            data_port,
-            worker_core,
-            policy,
-            table_size,
-            workers,
-            worker_cores,
-            queue,
-            umem_frames,
-            ring_size,
-            batch,
-            busy_poll,
-        } => daemon::member::run(daemon::member::Options {
-            config: &config,
-            id,
-            data_port,
-            worker_core,
-            policy,
-            table_size,
-            workers,
-            worker_cores,
-            queue,
-            umem_frames,
-            ring_size,
-            batch,
-            busy_poll,
-        }),
+        Command::Sgm(opts) => daemon::member::run(opts),
     };
     match result {
         Err(e)

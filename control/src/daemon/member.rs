@@ -3,7 +3,7 @@
 
 use std::{
     net::UdpSocket,
-    path::Path,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -26,29 +26,51 @@ use baton_dataplane::{
     port::{self, Control, PortConfig, PortStats},
 };
 
-pub struct Options<'a> {
-    pub config: &'a Path,
+/// `baton sgm`'s options.
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Member id (1..=63), as in the configuration.
+    #[arg(long)]
     pub id: u32,
+    /// The member's data port.
+    #[arg(long, default_value = "dl0")]
     pub data_port: String,
+    /// Core to pin the port's thread to.
+    #[arg(long)]
     pub worker_core: Option<usize>,
-    /// Policy file (reloaded on SIGHUP); without one every connection is accepted.
-    pub policy: Option<std::path::PathBuf>,
-    /// Connection table capacity.
+    /// Policy file (TOML), reloaded on SIGHUP; without it every connection is accepted.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Connection table capacity (shared out among the workers).
+    #[arg(long, default_value_t = 1_000_000)]
     pub table_size: usize,
     /// Worker instances (CoreXL); more than one puts the dispatcher in front of them.
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Cores to pin the workers to (default: round-robin over the machine's cores).
+    /// Cores to pin the workers to, comma-separated (default: round-robin over the cores).
+    #[arg(long, value_delimiter = ',')]
     pub worker_cores: Option<Vec<usize>>,
-    /// AF_XDP: queue of the data port, UMEM frames, ring size, batch, busy-poll budget.
+    /// Queue of the data port the AF_XDP socket binds to.
+    #[arg(long, default_value_t = 0)]
     pub queue: u32,
+    /// UMEM frames (at least twice the ring size).
+    #[arg(long, default_value_t = 4096)]
     pub umem_frames: u32,
+    /// Size of the fill, completion, RX and TX rings (a power of two).
+    #[arg(long, default_value_t = 2048)]
     pub ring_size: u32,
+    /// Frames handled per batch.
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Busy-poll the queue with this budget (needs a dedicated core).
+    #[arg(long)]
     pub busy_poll: Option<u32>,
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let config = Config::load(opts.config)?;
+    let config = Config::load(&opts.config)?;
     let group = config
         .group_of(opts.id)
         .with_context(|| {

@@ -26,6 +26,20 @@ pub const fn fold_v6(w: [u32; 4]) -> u32 {
     w[0] ^ w[1] ^ w[2] ^ w[3]
 }
 
+/// The hash word of an address, as `distribute` reads it from a packet: the address bytes
+/// as a native-endian `u32`, IPv6 folded by [`fold_v6`]. User space (`baton search`, the
+/// members' worker dispatch) hashes through this so it agrees with the kernel.
+pub fn addr_word(ip: core::net::IpAddr) -> u32 {
+    match ip {
+        core::net::IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
+        core::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            fold_v6([w(0), w(4), w(8), w(12)])
+        }
+    }
+}
+
 /// Hash of a flow key. `a`/`b` are the two address words (or one of them 0 in a single-address
 /// mode), `pa`/`pb` the two ports (0 when ports are not part of the key). The result does not
 /// depend on the order of the pairs, so both directions of a connection hash alike.

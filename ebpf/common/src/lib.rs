@@ -7,5 +7,5 @@
 pub mod hash;
 pub mod maps;
 
-pub use hash::{flow_hash, fold_v6, mix32};
+pub use hash::{addr_word, flow_hash, fold_v6, mix32};
 pub use maps::*;

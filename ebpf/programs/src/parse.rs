@@ -121,7 +121,6 @@ pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-
 /// The hash word of an IPv4 address in the packet, read as two 16-bit loads: IP headers
 /// sit at an even offset behind Ethernet (and VLAN) headers in an XDP buffer whose start is
 /// aligned, so these loads are aligned and half as many as byte loads. On little-endian
@@ -144,7 +143,6 @@ pub unsafe fn addr6(p: *const u8) -> u32 {
         (lo as u32) | ((hi as u32) << 16)
     }
 }
-
 
 /// Skips up to two VLAN tags (802.1Q, QinQ). Returns the inner EtherType and the offset of
 /// the L3 header.
