@@ -2,5 +2,6 @@
 //! and the report they write (`target/bench-report/`).
 
 pub mod distributor;
+pub mod membership;
 pub mod report;
 pub mod sgm;

@@ -332,39 +332,48 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
         &opts.exe,
         &["orchestrator", "--config", cfg_path.to_str().unwrap()],
     )?;
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
     for k in 1..=n {
-        let core = ((k - 1) % cores).to_string();
-        spawn(
-            &ns_sgm(k),
-            &state.join(format!("sgm{k}.log")),
-            &opts.exe,
-            &[
-                "sgm",
-                "--config",
-                cfg_path.to_str().unwrap(),
-                "--id",
-                &k.to_string(),
-                "--data-port",
-                "dl0",
-                "--worker-core",
-                &core,
-                "--policy",
-                policy_path.to_str().unwrap(),
-                "--table-size",
-                &opts.table_size.to_string(),
-                "--workers",
-                &opts.workers.to_string(),
-            ],
-        )?;
+        start_member(opts, k)?;
     }
     Ok(())
+}
+
+/// Starts member `k`'s process (again, after a kill) with the lab's settings; its log is
+/// appended to.
+pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
+    let state = Path::new(STATE_DIR);
+    let cfg_path = state.join("baton.toml");
+    let policy_path = state.join(POLICY_FILE);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+    let core = ((k - 1) % cores).to_string();
+    spawn(
+        &ns_sgm(k),
+        &state.join(format!("sgm{k}.log")),
+        &opts.exe,
+        &[
+            "sgm",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--id",
+            &k.to_string(),
+            "--data-port",
+            "dl0",
+            "--worker-core",
+            &core,
+            "--policy",
+            policy_path.to_str().unwrap(),
+            "--table-size",
+            &opts.table_size.to_string(),
+            "--workers",
+            &opts.workers.to_string(),
+        ],
+    )
 }
 
 /// Starts a daemon in a namespace, detached (own session, output to `log`).
 fn spawn(ns: &str, log: &Path, exe: &Path, args: &[&str]) -> Result<(), LabError> {
     use std::os::unix::process::CommandExt;
-    let out = fs::File::create(log)?;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     Command::new("ip")
         .args(["netns", "exec", ns])

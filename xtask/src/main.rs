@@ -233,6 +233,15 @@ fn bench(args: &[String]) -> Result<()> {
         "--bin",
         "baton-bench",
     ]))?;
+    // The membership benchmark runs a lab of release `baton` daemons.
+    run(cmd("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "baton-control",
+        "--bin",
+        "baton",
+    ]))?;
     run(cmd(root_dir()
         .join("target/release/baton-bench")
         .to_str()

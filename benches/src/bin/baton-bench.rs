@@ -3,6 +3,7 @@
 
 use baton_benches::{
     distributor::{self, Size},
+    membership,
     report::{self, Figure},
     sgm,
 };
@@ -37,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    let all = ["distributor", "sgm"];
+    let all = ["distributor", "sgm", "membership"];
     for name in &names {
         if !all.contains(name) {
             anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
@@ -74,6 +75,18 @@ fn main() -> anyhow::Result<()> {
                     "≤ 128 bytes per connection (baseline column: RSS growth per connection)",
                 );
                 vec![ct.lookups, bytes, tput]
+            }
+            "membership" => {
+                let (detect, election) = membership::detection(if quick { 3 } else { 21 })?;
+                println!(
+                    "member_detection median_ms={:.1} max_ms={:.1} configured_ms={:.0} kills={}",
+                    detect.median, detect.max, detect.baseline_median, detect.samples
+                );
+                println!(
+                    "smo_election median_ms={:.2} max_ms={:.2} master_kills={}",
+                    election.median, election.max, election.samples
+                );
+                vec![detect, election]
             }
             _ => unreachable!(),
         };

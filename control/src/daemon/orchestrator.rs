@@ -171,8 +171,8 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
         let s = shared.lock().unwrap();
         Duration::from_millis(s.config.orchestrator.heartbeat_interval_ms)
     };
-    // Ticks at a quarter interval bound detection to interval × dead count + interval/4.
-    let tick = interval / 4;
+    // Ticks at a tenth of the interval bound detection to interval × dead count + interval/10.
+    let tick = (interval / 10).max(Duration::from_millis(1));
     sock.set_read_timeout(Some(tick))?;
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     let mut last_tick = Instant::now();
