@@ -72,6 +72,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         l4: false,
         table_size: 65_536,
         workers: 1,
+        queues: 1,
         exe,
     };
     let _guard = LabGuard;

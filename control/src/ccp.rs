@@ -29,6 +29,9 @@ pub struct MemberReport {
     pub worker_packets: Vec<u64>,
     #[serde(default)]
     pub worker_connections: Vec<u64>,
+    /// Frames received on each queue of the data port.
+    #[serde(default)]
+    pub queue_packets: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -80,6 +80,8 @@ pub struct LabOptions {
     pub table_size: usize,
     /// Worker instances per member.
     pub workers: usize,
+    /// Queues of each member's data port (and of its downlink), one AF_XDP socket each.
+    pub queues: u32,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -293,9 +295,28 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     for k in 1..=n {
         let ns = ns_sgm(k);
         let dl = format!("dl-sgm{k}");
+        let q = opts.queues.max(1).to_string();
         ip(&[
-            "link", "add", &dl, "netns", NS_ORCH, "type", "veth", "peer", "name", "dl0", "netns",
+            "link",
+            "add",
+            &dl,
+            "netns",
+            NS_ORCH,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "dl0",
+            "netns",
             &ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         ip(&["-n", NS_ORCH, "link", "set", &dl, "up"])?;
         ip(&["-n", &ns, "link", "set", "dl0", "up"])?;
@@ -366,6 +387,8 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
             &opts.table_size.to_string(),
             "--workers",
             &opts.workers.to_string(),
+            "--queues",
+            &opts.queues.to_string(),
         ],
     )
 }

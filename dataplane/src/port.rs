@@ -14,7 +14,7 @@ use std::{
 
 use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
-    FrameDesc, Socket, Umem,
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
 };
 
 use crate::{
@@ -28,7 +28,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct PortConfig {
     pub iface: String,
+    /// First queue; `queues` sockets bind queues `queue..queue + queues`.
     pub queue: u32,
+    pub queues: u32,
     /// UMEM frames: the fill ring's worth for receiving plus as many for sending.
     pub frames: u32,
     /// Size of each ring (fill, completion, RX, TX); a power of two.
@@ -48,6 +50,7 @@ impl Default for PortConfig {
         Self {
             iface: "dl0".into(),
             queue: 0,
+            queues: 1,
             frames: 4096,
             ring: 2048,
             frame_size: 2048,
@@ -196,7 +199,12 @@ pub struct PortStats {
     pub latency_p50_ns: AtomicU64,
     pub latency_p99_ns: AtomicU64,
     pub latency_max_ns: AtomicU64,
+    /// Frames received on each queue (index from the first queue).
+    pub queue_packets: [AtomicU64; QUEUES_MAX],
 }
+
+/// Most queues one port serves.
+pub const QUEUES_MAX: usize = 16;
 
 impl PortStats {
     pub fn drops_total(&self) -> u64 {
@@ -236,7 +244,188 @@ fn busy_poll(fd: i32, budget: u32) -> Result<(), PortError> {
     Ok(())
 }
 
-/// Runs the port until `stop` is set. `ready` is called once the socket receives.
+/// One AF_XDP socket on one queue, with its own UMEM and rings; owned by the port thread.
+struct QueueSocket {
+    queue: u32,
+    umem: Umem,
+    tx: TxQueue,
+    rx: RxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    /// Frames free for sending what we originate.
+    free: Vec<FrameDesc>,
+    batch: Vec<FrameDesc>,
+    comp: Vec<FrameDesc>,
+    send: Vec<FrameDesc>,
+    recycle: Vec<FrameDesc>,
+}
+
+impl QueueSocket {
+    fn open(cfg: &PortConfig, queue: u32, member: &mut Member) -> Result<Self, PortError> {
+        let ring = QueueSize::new(cfg.ring)
+            .map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
+        if cfg.frames < 2 * cfg.ring {
+            return Err(PortError::Config(format!(
+                "frames ({}) must be at least twice the ring size ({})",
+                cfg.frames, cfg.ring
+            )));
+        }
+        let frame_size = FrameSize::new(cfg.frame_size)
+            .map_err(|e| PortError::Config(format!("frame size {}: {e}", cfg.frame_size)))?;
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(frame_size)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| PortError::Config(e.to_string()))?;
+        let count = NonZeroU32::new(cfg.frames)
+            .ok_or_else(|| PortError::Config("frames must be > 0".into()))?;
+        let (umem, descs) = Umem::new(umem_cfg, count, false).map_err(|e| PortError::Umem {
+            frames: cfg.frames,
+            frame_size: cfg.frame_size,
+            detail: e.to_string(),
+        })?;
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let iface: Interface = cfg
+            .iface
+            .parse()
+            .map_err(|_| PortError::Config(format!("bad interface name {:?}", cfg.iface)))?;
+        // SAFETY: the UMEM (an Arc inside) lives in this struct as long as the socket.
+        let (tx, rx, fq_cq) =
+            unsafe { Socket::new(sock_cfg, &umem, &iface, queue) }.map_err(|e| {
+                PortError::Socket {
+                    iface: cfg.iface.clone(),
+                    queue,
+                    detail: e.to_string(),
+                }
+            })?;
+        let (mut fq, cq) =
+            fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
+        member.register_socket(queue, rx.fd().as_raw_fd())?;
+        if let Some(budget) = cfg.busy_poll {
+            busy_poll(rx.fd().as_raw_fd(), budget)?;
+        }
+        // Half the frames wait in the fill ring for packets; the other half are free for
+        // frames we originate (ARP/ND, released frames).
+        let (to_fill, free) = descs.split_at(cfg.ring as usize);
+        let filled = unsafe { fq.produce(to_fill) };
+        if filled != to_fill.len() {
+            return Err(PortError::Config(format!(
+                "fill ring took {filled} of {} frames",
+                to_fill.len()
+            )));
+        }
+        let any = free[0];
+        Ok(Self {
+            queue,
+            umem,
+            tx,
+            rx,
+            fq,
+            cq,
+            free: free.to_vec(),
+            batch: vec![any; cfg.batch],
+            comp: vec![any; cfg.ring as usize],
+            send: Vec::with_capacity(cfg.batch * 2),
+            recycle: Vec::with_capacity(cfg.batch),
+        })
+    }
+
+    /// Takes back the frames the kernel finished sending, then receives a batch.
+    fn receive(&mut self) -> usize {
+        let n = unsafe { self.cq.consume(&mut self.comp) };
+        self.free.extend_from_slice(&self.comp[..n]);
+        unsafe { self.rx.consume(&mut self.batch) }
+    }
+
+    /// Copies a frame we originate into a free UMEM frame and queues it for sending.
+    fn originate(&mut self, pkt: &[u8]) -> bool {
+        let Some(mut desc) = self.free.pop() else {
+            return false;
+        };
+        {
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let mut cur = data.cursor();
+            cur.set_pos(0);
+            if std::io::Write::write_all(&mut cur, pkt).is_err() {
+                self.free.push(desc);
+                return false;
+            }
+        }
+        self.send.push(desc);
+        true
+    }
+
+    /// Sends what is queued, gives received frames back to the fill ring, and keeps the
+    /// fill ring stocked from spare free frames. Returns frames that found no TX slot.
+    fn flush(&mut self, ring: usize) -> Result<usize, PortError> {
+        let mut full = 0;
+        if !self.send.is_empty() {
+            let sent = unsafe { self.tx.produce_and_wakeup(&self.send)? };
+            if sent < self.send.len() {
+                // TX ring full: give the frames back rather than wait.
+                full = self.send.len() - sent;
+                self.recycle.extend_from_slice(&self.send[sent..]);
+            }
+            self.send.clear();
+        } else if self.tx.needs_wakeup() {
+            self.tx.wakeup()?;
+        }
+        if !self.recycle.is_empty() {
+            if unsafe { self.fq.produce(&self.recycle) } == 0 {
+                self.free.extend_from_slice(&self.recycle);
+            }
+            self.recycle.clear();
+        }
+        if self.free.len() > ring {
+            let spare = self.free.len() - ring;
+            let want = self.fq.nb_free(spare as u32) as usize;
+            if want > 0 {
+                let at = self.free.len() - want.min(spare);
+                if unsafe { self.fq.produce(&self.free[at..]) } > 0 {
+                    self.free.truncate(at);
+                }
+            }
+        }
+        Ok(full)
+    }
+}
+
+/// Waits until one of the sockets has something to receive, or `timeout_ms`.
+fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(), PortError> {
+    for s in sockets.iter_mut() {
+        if s.fq.needs_wakeup() {
+            s.fq.wakeup(s.rx.fd_mut(), 0)?;
+        }
+    }
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.rx.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll on fds we own, with the right length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the port until `stop` is set: one AF_XDP socket on each of the queues
+/// `cfg.queue .. cfg.queue + cfg.queues`, all served by this thread and `fwd`, so the two
+/// directions of a connection meet in one place whatever queue each arrives on. `ready` is
+/// called once every socket receives.
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,
@@ -246,76 +435,18 @@ pub fn run(
     control: crossbeam_channel::Receiver<Control>,
     ready: impl FnOnce(),
 ) -> Result<(), PortError> {
-    let ring = QueueSize::new(cfg.ring)
-        .map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
-    if cfg.frames < 2 * cfg.ring {
-        return Err(PortError::Config(format!(
-            "frames ({}) must be at least twice the ring size ({})",
-            cfg.frames, cfg.ring
-        )));
-    }
-    let frame_size = FrameSize::new(cfg.frame_size)
-        .map_err(|e| PortError::Config(format!("frame size {}: {e}", cfg.frame_size)))?;
-    let umem_cfg = UmemConfig::builder()
-        .frame_size(frame_size)
-        .fill_queue_size(ring)
-        .comp_queue_size(ring)
-        .build()
-        .map_err(|e| PortError::Config(e.to_string()))?;
-    let count = NonZeroU32::new(cfg.frames)
-        .ok_or_else(|| PortError::Config("frames must be > 0".into()))?;
-    let (umem, descs) = Umem::new(umem_cfg, count, false).map_err(|e| PortError::Umem {
-        frames: cfg.frames,
-        frame_size: cfg.frame_size,
-        detail: e.to_string(),
-    })?;
-    let sock_cfg = SocketConfig::builder()
-        .rx_queue_size(ring)
-        .tx_queue_size(ring)
-        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-        .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
-        .build();
-    let iface: Interface = cfg
-        .iface
-        .parse()
-        .map_err(|_| PortError::Config(format!("bad interface name {:?}", cfg.iface)))?;
-    // SAFETY: the UMEM outlives the socket (both live until this function returns).
-    let (mut tx, mut rx, fq_cq) = unsafe { Socket::new(sock_cfg, &umem, &iface, cfg.queue) }
-        .map_err(|e| PortError::Socket {
-            iface: cfg.iface.clone(),
-            queue: cfg.queue,
-            detail: e.to_string(),
-        })?;
-    let (mut fq, mut cq) =
-        fq_cq.ok_or_else(|| PortError::Config("socket has no fill/completion queue".into()))?;
-    member.register_socket(cfg.queue, rx.fd().as_raw_fd())?;
-    if let Some(budget) = cfg.busy_poll {
-        busy_poll(rx.fd().as_raw_fd(), budget)?;
-    }
-
-    // Half the frames wait in the fill ring for packets; the other half are free for frames
-    // we originate (ARP/ND, released frames).
-    let (to_fill, free) = descs.split_at(cfg.ring as usize);
-    let mut free: Vec<FrameDesc> = free.to_vec();
-    let filled = unsafe { fq.produce(to_fill) };
-    if filled != to_fill.len() {
-        return Err(PortError::Config(format!(
-            "fill ring took {filled} of {} frames",
-            to_fill.len()
-        )));
-    }
+    let mut sockets = (cfg.queue..cfg.queue + cfg.queues.max(1))
+        .map(|q| QueueSocket::open(cfg, q, member))
+        .collect::<Result<Vec<_>, _>>()?;
     ready();
-    tracing::info!(iface = %cfg.iface, queue = cfg.queue, "data port up");
+    tracing::info!(iface = %cfg.iface, queues = ?sockets.iter().map(|s| s.queue).collect::<Vec<_>>(), "data port up");
 
-    let mut batch = vec![free[0]; cfg.batch];
-    let mut send: Vec<FrameDesc> = Vec::with_capacity(cfg.batch * 2);
-    let mut recycle: Vec<FrameDesc> = Vec::with_capacity(cfg.batch);
-    let mut comp = vec![free[0]; cfg.ring as usize];
     let mut extra: Vec<Vec<u8>> = Vec::new();
     let mut last_tick = Instant::now();
     let poll_ms = cfg.poll_timeout.as_millis() as i32;
     let (mut rxp, mut rxb, mut txp, mut txb) = (0u64, 0u64, 0u64, 0u64);
     let mut drops = [0u64; DropReason::COUNT];
+    let mut per_queue = vec![0u64; sockets.len()];
     // Processing time per packet.
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 2)
         .map_err(|e| PortError::Config(e.to_string()))?;
@@ -326,101 +457,68 @@ pub fn run(
         .store(fwd.policy_version(), Ordering::Relaxed);
 
     while !stop.load(Ordering::Relaxed) {
-        // Frames the kernel finished sending are free again.
-        let n = unsafe { cq.consume(&mut comp) };
-        free.extend_from_slice(&comp[..n]);
-
-        let n = unsafe { rx.consume(&mut batch) };
         let now = Instant::now();
         // Neighbour retries run on time, busy or idle.
         if now.duration_since(last_tick) >= Duration::from_millis(100) {
             last_tick = now;
             fwd.tick(now, &mut extra);
         }
-        if n == 0 {
-            if fq.needs_wakeup() {
-                fq.wakeup(rx.fd_mut(), 0)?;
+        let mut received = 0;
+        for (qi, sock) in sockets.iter_mut().enumerate() {
+            let n = sock.receive();
+            if n == 0 {
+                continue;
             }
-            if extra.is_empty() {
-                rx.poll(poll_ms)?;
-            }
-        }
-        if n > 0 {
+            received += n;
+            per_queue[qi] += n as u64;
             let started = Instant::now();
-            fwd.process_batch(&umem, &mut batch[..n], now, &mut verdicts, &mut extra);
+            fwd.process_batch(
+                &sock.umem,
+                &mut sock.batch[..n],
+                now,
+                &mut verdicts,
+                &mut extra,
+            );
             // The batch's time shared by its packets: the per-packet cost, without a clock
             // read per packet.
             let _ = latency.record_n(
                 (started.elapsed().as_nanos() as u64 / n as u64).max(1),
                 n as u64,
             );
-        }
-        for (desc, verdict) in batch.iter().take(n).zip(verdicts.drain(..)) {
-            let len = desc.lengths().data();
-            rxp += 1;
-            rxb += len as u64;
-            match verdict {
-                Verdict::Forward => {
-                    txp += 1;
-                    txb += len as u64;
-                    send.push(*desc);
-                }
-                Verdict::Consumed | Verdict::Held => recycle.push(*desc),
-                Verdict::Drop(r) => {
-                    drops[r as usize] += 1;
-                    recycle.push(*desc);
+            for (desc, verdict) in sock.batch[..n].iter().zip(verdicts.drain(..)) {
+                let len = desc.lengths().data();
+                rxp += 1;
+                rxb += len as u64;
+                match verdict {
+                    Verdict::Forward => {
+                        txp += 1;
+                        txb += len as u64;
+                        sock.send.push(*desc);
+                    }
+                    Verdict::Consumed | Verdict::Held => sock.recycle.push(*desc),
+                    Verdict::Drop(r) => {
+                        drops[r as usize] += 1;
+                        sock.recycle.push(*desc);
+                    }
                 }
             }
         }
-        // Frames we originate go out in frames from the free pool.
+        if received == 0 && extra.is_empty() {
+            poll_all(&mut sockets, poll_ms)?;
+        }
+        // Frames we originate leave by the first queue: every queue reaches the same wire.
         for pkt in extra.drain(..) {
-            let Some(mut desc) = free.pop() else {
+            if sockets[0].originate(&pkt) {
+                txp += 1;
+                txb += pkt.len() as u64;
+            } else {
                 stats.tx_full.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            {
-                let mut data = unsafe { umem.data_mut(&mut desc) };
-                let mut cur = data.cursor();
-                cur.set_pos(0);
-                if std::io::Write::write_all(&mut cur, &pkt).is_err() {
-                    free.push(desc);
-                    continue;
-                }
             }
-            txp += 1;
-            txb += pkt.len() as u64;
-            send.push(desc);
         }
-        if !send.is_empty() {
-            let sent = unsafe { tx.produce_and_wakeup(&send)? };
-            if sent < send.len() {
-                // TX ring full: give the frames back rather than wait.
-                stats
-                    .tx_full
-                    .fetch_add((send.len() - sent) as u64, Ordering::Relaxed);
-                recycle.extend_from_slice(&send[sent..]);
-            }
-            send.clear();
-        } else if tx.needs_wakeup() {
-            tx.wakeup()?;
-        }
-        // Received frames we are done with go back to the fill ring; so do free frames
-        // beyond what sending needs, so that reception never starves.
-        if !recycle.is_empty() {
-            let k = unsafe { fq.produce(&recycle) };
-            if k == 0 {
-                free.extend_from_slice(&recycle);
-            }
-            recycle.clear();
-        }
-        if free.len() > cfg.ring as usize {
-            let spare = free.len() - cfg.ring as usize;
-            let want = fq.nb_free(spare as u32) as usize;
-            if want > 0 {
-                let at = free.len() - want.min(spare);
-                if unsafe { fq.produce(&free[at..]) } > 0 {
-                    free.truncate(at);
-                }
+        for sock in sockets.iter_mut() {
+            let full = sock.flush(cfg.ring as usize)?;
+            if full > 0 {
+                stats.tx_full.fetch_add(full as u64, Ordering::Relaxed);
             }
         }
 
@@ -430,6 +528,9 @@ pub fn run(
         stats.tx_bytes.store(txb, Ordering::Relaxed);
         for (i, d) in drops.iter().enumerate() {
             stats.drops[i].store(d + fwd.dropped_held()[i], Ordering::Relaxed);
+        }
+        for (slot, q) in stats.queue_packets.iter().zip(&per_queue) {
+            slot.store(*q, Ordering::Relaxed);
         }
         stats
             .connections

@@ -364,3 +364,54 @@ fn the_worker_count_changes_at_runtime_without_dropping_connections() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("1..=16"));
     assert_eq!(stat_json()["groups"][0]["members"][0]["workers"], 2);
 }
+
+#[test]
+fn a_member_serves_every_queue_of_its_data_port() {
+    let _lab = Lab::up_with(&["--sgms", "1", "--queues", "2"]);
+    // Senders pinned to each core: a veth delivers on the queue of the sending core, so
+    // both queues carry traffic, and the replies may come back on the other queue.
+    let senders: Vec<_> = (0..2usize)
+        .map(|core| {
+            std::thread::spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                let flows: Vec<baton_control::traffic::TcpFlow> = (0..4u8)
+                    .map(|i| {
+                        let k = core as u8 * 4 + i;
+                        baton_control::traffic::TcpFlow {
+                            id: k as u64,
+                            client: std::net::IpAddr::from([198, 18, 0, 40 + k]),
+                            server: std::net::IpAddr::from([198, 19, 0, 50 + k]),
+                            port: 5300 + k as u16,
+                            bytes: 4 << 20,
+                        }
+                    })
+                    .collect();
+                baton_control::traffic::tcp_streams(
+                    NS_EXT,
+                    NS_INT,
+                    &flows,
+                    Duration::from_secs(60),
+                    Default::default(),
+                )
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join()
+            .unwrap()
+            .expect("streams over both queues arrive intact");
+    }
+    let s = wait_stat(Duration::from_secs(2), |s| {
+        s["groups"][0]["members"][0]["queue_packets"]
+            .as_array()
+            .is_some_and(|q| q.len() == 2 && q.iter().all(|p| p.as_u64().unwrap() > 0))
+    });
+    let q = &s["groups"][0]["members"][0]["queue_packets"];
+    assert!(
+        q.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.as_u64().unwrap() > 100),
+        "both queues carried traffic: {q}"
+    );
+}

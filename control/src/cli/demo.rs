@@ -53,6 +53,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         l4: false,
         table_size: 1_000_000,
         workers: 1,
+        queues: 1,
         exe,
     })?;
     println!(

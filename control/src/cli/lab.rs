@@ -28,6 +28,9 @@ pub enum LabCommand {
         /// Worker instances per member (more than one adds the dispatcher).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Queues of each member's data port, one AF_XDP socket each.
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -42,6 +45,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             l4,
             table_size,
             workers,
+            queues,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -51,6 +55,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 l4,
                 table_size,
                 workers,
+                queues,
                 exe,
             })?;
             let g = &stat.groups[0];

@@ -23,7 +23,7 @@ use baton_dataplane::{
     forward::{DropReason, Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
-    port::{self, Control, PortConfig, PortStats},
+    port::{self, Control, PortConfig, PortStats, QUEUES_MAX},
 };
 
 /// `baton sgm`'s options.
@@ -52,9 +52,13 @@ pub struct Options {
     /// Cores to pin the workers to, comma-separated (default: round-robin over the cores).
     #[arg(long, value_delimiter = ',')]
     pub worker_cores: Option<Vec<usize>>,
-    /// Queue of the data port the AF_XDP socket binds to.
+    /// First queue of the data port the AF_XDP sockets bind to.
     #[arg(long, default_value_t = 0)]
     pub queue: u32,
+    /// Queues to serve, one AF_XDP socket each (`--queue` onwards), all by the port's
+    /// thread, so a connection's two directions meet whatever queue each arrives on.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
     /// UMEM frames (at least twice the ring size).
     #[arg(long, default_value_t = 4096)]
     pub umem_frames: u32,
@@ -71,6 +75,9 @@ pub struct Options {
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let config = Config::load(&opts.config)?;
+    if opts.queues == 0 || opts.queues as usize > QUEUES_MAX {
+        anyhow::bail!("--queues must be 1..={QUEUES_MAX}, not {}", opts.queues);
+    }
     let group = config
         .group_of(opts.id)
         .with_context(|| {
@@ -112,6 +119,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let port_cfg = PortConfig {
         iface: opts.data_port.clone(),
         queue: opts.queue,
+        queues: opts.queues,
         frames: opts.umem_frames,
         ring: opts.ring_size,
         batch: opts.batch,
@@ -239,6 +247,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         .filter(|(_, d)| *d > 0)
                         .collect(),
                     table_capacity: opts.table_size as u64,
+                    queue_packets: stats.queue_packets[..(opts.queues as usize).min(QUEUES_MAX)]
+                        .iter()
+                        .map(|q| q.load(Ordering::Relaxed))
+                        .collect(),
                     latency_p50_ns: stats.latency_p50_ns.load(Ordering::Relaxed),
                     latency_p99_ns: stats.latency_p99_ns.load(Ordering::Relaxed),
                 },

@@ -363,6 +363,7 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 workers: report.workers,
                 worker_packets: report.worker_packets.clone(),
                 worker_connections: report.worker_connections.clone(),
+                queue_packets: report.queue_packets.clone(),
                 last_heartbeat_ms: heard,
             });
         }
