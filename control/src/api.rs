@@ -59,6 +59,8 @@ pub struct MemberStat {
     pub workers: u32,
     pub worker_packets: Vec<u64>,
     pub worker_connections: Vec<u64>,
+    pub worker_bytes: Vec<u64>,
+    pub worker_drops: Vec<BTreeMap<String, u64>>,
     /// Frames received on each queue of the data port.
     pub queue_packets: Vec<u64>,
     /// Milliseconds since its last heartbeat (null: never heard).

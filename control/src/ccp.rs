@@ -29,6 +29,11 @@ pub struct MemberReport {
     pub worker_packets: Vec<u64>,
     #[serde(default)]
     pub worker_connections: Vec<u64>,
+    #[serde(default)]
+    pub worker_bytes: Vec<u64>,
+    /// Drops of each worker by reason (non-zero only).
+    #[serde(default)]
+    pub worker_drops: Vec<std::collections::BTreeMap<String, u64>>,
     /// Frames received on each queue of the data port.
     #[serde(default)]
     pub queue_packets: Vec<u64>,

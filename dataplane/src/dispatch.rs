@@ -58,6 +58,9 @@ struct Reply {
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub packets: [AtomicU64; WORKERS_MAX],
+    pub bytes: [AtomicU64; WORKERS_MAX],
+    /// Frames each worker dropped, by reason (held frames given up included).
+    pub drops: [[AtomicU64; DropReason::COUNT]; WORKERS_MAX],
     pub connections: [AtomicU64; WORKERS_MAX],
     dropped_held: [[AtomicU64; DropReason::COUNT]; WORKERS_MAX],
     pub workers: AtomicU64,
@@ -355,6 +358,8 @@ fn work(
         }
     }
     let mut packets = 0u64;
+    let mut bytes = 0u64;
+    let mut drops = [0u64; DropReason::COUNT];
     while let Ok(req) = requests.recv() {
         let mut reply = Reply::default();
         match req {
@@ -366,9 +371,12 @@ fn work(
                 for d in descs.iter_mut() {
                     // SAFETY: the dispatcher gave this frame to this worker alone.
                     let mut data = unsafe { umem.data_mut(d) };
-                    reply
-                        .verdicts
-                        .push(fwd.process(data.contents_mut(), now, &mut reply.out));
+                    bytes += data.contents().len() as u64;
+                    let v = fwd.process(data.contents_mut(), now, &mut reply.out);
+                    if let Verdict::Drop(r) = v {
+                        drops[r as usize] += 1;
+                    }
+                    reply.verdicts.push(v);
                 }
                 packets += descs.len() as u64;
                 reply.descs = descs;
@@ -380,6 +388,10 @@ fn work(
             Request::Policy(p) => reply.closed = fwd.set_policy(p),
         }
         stats.packets[i].store(packets, Ordering::Relaxed);
+        stats.bytes[i].store(bytes, Ordering::Relaxed);
+        for ((s, d), h) in stats.drops[i].iter().zip(drops).zip(fwd.dropped_held) {
+            s.store(d + h, Ordering::Relaxed);
+        }
         stats.connections[i].store(fwd.connections().len() as u64, Ordering::Relaxed);
         for (s, d) in stats.dropped_held[i].iter().zip(fwd.dropped_held) {
             s.store(d, Ordering::Relaxed);

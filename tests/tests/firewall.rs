@@ -316,6 +316,32 @@ fn two_workers_share_the_connections_of_one_member() {
         packets.iter().all(|p| *p > 100),
         "both workers carried connections: {packets:?}"
     );
+    let bytes: Vec<u64> = m["worker_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        bytes.iter().zip(&packets).all(|(b, p)| *b >= 60 * p),
+        "bytes per worker: {bytes:?}"
+    );
+    assert_eq!(
+        m["worker_drops"].as_array().unwrap().len(),
+        2,
+        "drops by reason per worker"
+    );
+    let conns: u64 = m["worker_connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        conns,
+        m["connections"].as_u64().unwrap(),
+        "the workers' tables make the member's"
+    );
     // A ping in each direction (ARP/ND reach every worker).
     let out = in_ns(NS_INT, &["ping", "-c", "2", "-W", "2", "198.18.0.33"]);
     assert!(out.status.success());

@@ -231,6 +231,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                                 .collect()
                         },
                     ),
+                    worker_bytes: worker_stats.as_ref().map_or_else(
+                        || vec![stats.rx_bytes.load(Ordering::Relaxed)],
+                        |w| {
+                            w.bytes[..current_workers(&worker_stats)]
+                                .iter()
+                                .map(|p| p.load(Ordering::Relaxed))
+                                .collect()
+                        },
+                    ),
+                    worker_drops: worker_stats.as_ref().map_or_else(
+                        || vec![named_drops(&stats.drops)],
+                        |w| {
+                            w.drops[..current_workers(&worker_stats)]
+                                .iter()
+                                .map(named_drops)
+                                .collect()
+                        },
+                    ),
                     worker_connections: worker_stats.as_ref().map_or_else(
                         || vec![stats.connections.load(Ordering::Relaxed)],
                         |w| {
@@ -240,12 +258,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                                 .collect()
                         },
                     ),
-                    drop_reasons: DropReason::NAMES
-                        .iter()
-                        .zip(&stats.drops)
-                        .map(|(n, d)| (n.to_string(), d.load(Ordering::Relaxed)))
-                        .filter(|(_, d)| *d > 0)
-                        .collect(),
+                    drop_reasons: named_drops(&stats.drops),
                     table_capacity: opts.table_size as u64,
                     queue_packets: stats.queue_packets[..(opts.queues as usize).min(QUEUES_MAX)]
                         .iter()
@@ -287,4 +300,16 @@ fn current_workers(stats: &Option<Arc<WorkerStats>>) -> usize {
     stats
         .as_ref()
         .map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
+}
+
+/// Non-zero drop counters by reason name.
+fn named_drops(
+    drops: &[std::sync::atomic::AtomicU64; DropReason::COUNT],
+) -> std::collections::BTreeMap<String, u64> {
+    DropReason::NAMES
+        .iter()
+        .zip(drops)
+        .map(|(n, d)| (n.to_string(), d.load(Ordering::Relaxed)))
+        .filter(|(_, d)| *d > 0)
+        .collect()
 }

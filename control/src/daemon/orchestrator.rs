@@ -364,6 +364,8 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 worker_packets: report.worker_packets.clone(),
                 worker_connections: report.worker_connections.clone(),
                 queue_packets: report.queue_packets.clone(),
+                worker_bytes: report.worker_bytes.clone(),
+                worker_drops: report.worker_drops.clone(),
                 last_heartbeat_ms: heard,
             });
         }
