@@ -113,6 +113,13 @@ impl Dispatcher {
             .workers
             .store(forwarders.len() as u64, Ordering::Relaxed);
         for (i, fwd) in forwarders.into_iter().enumerate() {
+            // The slot may hold a previous worker's figures: start from this one's.
+            self.stats.connections[i].store(fwd.connections().len() as u64, Ordering::Relaxed);
+            self.stats.packets[i].store(0, Ordering::Relaxed);
+            self.stats.bytes[i].store(0, Ordering::Relaxed);
+            for d in &self.stats.drops[i] {
+                d.store(0, Ordering::Relaxed);
+            }
             let (requests, rx) = crossbeam_channel::bounded::<Request>(4);
             let (tx, replies) = crossbeam_channel::bounded::<Reply>(4);
             let core = self.cores.get(i).copied();
@@ -329,9 +336,6 @@ impl BatchProcessor for Dispatcher {
         }
         for f in new.iter_mut() {
             f.set_policy(self.policy.clone());
-        }
-        for s in &self.stats.packets {
-            s.store(0, Ordering::Relaxed);
         }
         self.start(new).map_err(|e| e.to_string())?;
         Ok(moved)

@@ -331,17 +331,20 @@ fn two_workers_share_the_connections_of_one_member() {
         2,
         "drops by reason per worker"
     );
-    let conns: u64 = m["worker_connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        conns,
-        m["connections"].as_u64().unwrap(),
-        "the workers' tables make the member's"
-    );
+    // The member's count and its workers' counts come from one heartbeat; give them a
+    // moment to agree after the last packet.
+    let sum = |s: &Value| -> (u64, u64) {
+        let m = &s["groups"][0]["members"][0];
+        let w = m["worker_connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        (w, m["connections"].as_u64().unwrap())
+    };
+    let (w, total) = sum(&wait_stat(Duration::from_secs(2), |s| sum(s).0 == sum(s).1));
+    assert_eq!(w, total, "the workers' tables make the member's");
     // A ping in each direction (ARP/ND reach every worker).
     let out = in_ns(NS_INT, &["ping", "-c", "2", "-W", "2", "198.18.0.33"]);
     assert!(out.status.success());
@@ -381,7 +384,8 @@ fn the_worker_count_changes_at_runtime_without_dropping_connections() {
             all_pass(&mut pairs),
             "every connection survives the change to {n} workers"
         );
-        assert!(conns(&stat_json()) >= before, "no connection was dropped");
+        let s = wait_stat(Duration::from_secs(2), |s| conns(s) >= before);
+        assert!(conns(&s) >= before, "no connection was dropped");
     }
     // Bad requests change nothing and say why.
     let out = baton(&["workers", "9", "2"]);
