@@ -136,6 +136,8 @@ fn three_members_carry_ping_tcp_and_udp_both_ways() {
     )
     .unwrap();
     assert_eq!(got, vec![50; 16], "UDP int → ext");
+    // Members report their counters in heartbeats (every 100 ms): let three go by.
+    std::thread::sleep(Duration::from_millis(300));
     let after = member_field(&stat_json(), "rx_packets");
     let mut expected = std::collections::BTreeSet::new();
     for (a, b) in &pairs {
