@@ -73,6 +73,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         table_size: 65_536,
         workers: 1,
         queues: 1,
+        busy_poll: None,
         exe,
     };
     let _guard = LabGuard;

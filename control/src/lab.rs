@@ -82,6 +82,8 @@ pub struct LabOptions {
     pub workers: usize,
     /// Queues of each member's data port (and of its downlink), one AF_XDP socket each.
     pub queues: u32,
+    /// Busy-poll budget of the members' sockets (None: interrupts and `poll`).
+    pub busy_poll: Option<u32>,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -367,6 +369,10 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
     let policy_path = state.join(POLICY_FILE);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
     let core = ((k - 1) % cores).to_string();
+    let busy: Vec<String> = opts
+        .busy_poll
+        .map(|b| vec!["--busy-poll".into(), b.to_string()])
+        .unwrap_or_default();
     spawn(
         &ns_sgm(k),
         &state.join(format!("sgm{k}.log")),
@@ -389,7 +395,10 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
             &opts.workers.to_string(),
             "--queues",
             &opts.queues.to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(busy.iter().map(String::as_str))
+        .collect::<Vec<_>>(),
     )
 }
 

@@ -445,3 +445,27 @@ fn a_member_serves_every_queue_of_its_data_port() {
         "both queues carried traffic: {q}"
     );
 }
+
+#[test]
+fn members_can_busy_poll_their_sockets() {
+    let _lab = Lab::up_with(&["--sgms", "2", "--busy-poll", "64"]);
+    let flows: Vec<baton_control::traffic::TcpFlow> = (0..4u8)
+        .map(|i| baton_control::traffic::TcpFlow {
+            id: i as u64,
+            client: std::net::IpAddr::from([198, 18, 0, 1 + i]),
+            server: std::net::IpAddr::from([198, 19, 0, 1 + 5 * i]),
+            port: 5400 + i as u16,
+            bytes: 2 << 20,
+        })
+        .collect();
+    baton_control::traffic::tcp_streams(
+        NS_EXT,
+        NS_INT,
+        &flows,
+        Duration::from_secs(60),
+        Default::default(),
+    )
+    .expect("streams through busy-polling members arrive intact");
+    let log = std::fs::read_to_string(std::path::Path::new(STATE_DIR).join("sgm1.log")).unwrap();
+    assert!(!log.contains("busy polling not available"), "{log}");
+}

@@ -54,6 +54,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         table_size: 1_000_000,
         workers: 1,
         queues: 1,
+        busy_poll: None,
         exe,
     })?;
     println!(

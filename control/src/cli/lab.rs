@@ -31,6 +31,9 @@ pub enum LabCommand {
         /// Queues of each member's data port, one AF_XDP socket each.
         #[arg(long, default_value_t = 1)]
         queues: u32,
+        /// Busy-poll the members' sockets with this budget.
+        #[arg(long)]
+        busy_poll: Option<u32>,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -46,6 +49,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             table_size,
             workers,
             queues,
+            busy_poll,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -56,6 +60,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 table_size,
                 workers,
                 queues,
+                busy_poll,
                 exe,
             })?;
             let g = &stat.groups[0];
