@@ -3,13 +3,13 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use baton_control::{
     lab::{NS_EXT, NS_INT, POLICY_FILE, STATE_DIR},
-    traffic::{in_netns, join, TrafficError},
+    traffic::{in_netns, join, tcp_streams, TcpFlow, TcpReport, TrafficError},
 };
 use baton_tests::*;
 use serde_json::Value;
@@ -44,6 +44,27 @@ fn install_policy(text: &str, version: u64) {
             m["id"]
         );
     }
+}
+
+/// `count` TCP streams of `mb` MB, from bt-ext host `.first + i` to bt-int host
+/// `.first + 10 + i` on port `port + i`, every byte checked.
+fn run_streams(first: u8, count: u8, port: u16, mb: u64) -> Result<Vec<TcpReport>, TrafficError> {
+    let flows: Vec<TcpFlow> = (0..count)
+        .map(|i| TcpFlow {
+            id: (first + i) as u64,
+            client: IpAddr::from([198, 18, 0, first + i]),
+            server: IpAddr::from([198, 19, 0, first + 10 + i]),
+            port: port + i as u16,
+            bytes: mb << 20,
+        })
+        .collect();
+    tcp_streams(
+        NS_EXT,
+        NS_INT,
+        &flows,
+        Duration::from_secs(60),
+        Default::default(),
+    )
 }
 
 fn drops(stat: &Value, reason: &str) -> u64 {
@@ -281,23 +302,7 @@ fn an_expiring_ttl_is_reported_by_the_gateway() {
 #[test]
 fn two_workers_share_the_connections_of_one_member() {
     let _lab = Lab::up_with(&["--sgms", "1", "--workers", "2"]);
-    let flows: Vec<baton_control::traffic::TcpFlow> = (0..8u8)
-        .map(|i| baton_control::traffic::TcpFlow {
-            id: i as u64,
-            client: std::net::IpAddr::from([198, 18, 0, 10 + i]),
-            server: std::net::IpAddr::from([198, 19, 0, 20 + 3 * i]),
-            port: 5100 + i as u16,
-            bytes: 4 << 20,
-        })
-        .collect();
-    baton_control::traffic::tcp_streams(
-        NS_EXT,
-        NS_INT,
-        &flows,
-        Duration::from_secs(60),
-        Default::default(),
-    )
-    .expect("streams through two workers arrive intact");
+    run_streams(10, 8, 5100, 4).expect("streams through two workers arrive intact");
     let s = wait_stat(Duration::from_secs(2), |s| {
         s["groups"][0]["members"][0]["worker_packets"][1]
             .as_u64()
@@ -404,25 +409,7 @@ fn a_member_serves_every_queue_of_its_data_port() {
         .map(|core| {
             std::thread::spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                let flows: Vec<baton_control::traffic::TcpFlow> = (0..4u8)
-                    .map(|i| {
-                        let k = core as u8 * 4 + i;
-                        baton_control::traffic::TcpFlow {
-                            id: k as u64,
-                            client: std::net::IpAddr::from([198, 18, 0, 40 + k]),
-                            server: std::net::IpAddr::from([198, 19, 0, 50 + k]),
-                            port: 5300 + k as u16,
-                            bytes: 4 << 20,
-                        }
-                    })
-                    .collect();
-                baton_control::traffic::tcp_streams(
-                    NS_EXT,
-                    NS_INT,
-                    &flows,
-                    Duration::from_secs(60),
-                    Default::default(),
-                )
+                run_streams(30 + 4 * core as u8, 4, 5300 + 4 * core as u16, 4)
             })
         })
         .collect();
@@ -449,23 +436,7 @@ fn a_member_serves_every_queue_of_its_data_port() {
 #[test]
 fn members_can_busy_poll_their_sockets() {
     let _lab = Lab::up_with(&["--sgms", "2", "--busy-poll", "64"]);
-    let flows: Vec<baton_control::traffic::TcpFlow> = (0..4u8)
-        .map(|i| baton_control::traffic::TcpFlow {
-            id: i as u64,
-            client: std::net::IpAddr::from([198, 18, 0, 1 + i]),
-            server: std::net::IpAddr::from([198, 19, 0, 1 + 5 * i]),
-            port: 5400 + i as u16,
-            bytes: 2 << 20,
-        })
-        .collect();
-    baton_control::traffic::tcp_streams(
-        NS_EXT,
-        NS_INT,
-        &flows,
-        Duration::from_secs(60),
-        Default::default(),
-    )
-    .expect("streams through busy-polling members arrive intact");
+    run_streams(1, 4, 5400, 2).expect("streams through busy-polling members arrive intact");
     let log = std::fs::read_to_string(std::path::Path::new(STATE_DIR).join("sgm1.log")).unwrap();
     assert!(!log.contains("busy polling not available"), "{log}");
 }
