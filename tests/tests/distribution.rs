@@ -115,3 +115,56 @@ fn a_dead_members_buckets_move_to_their_backups_only() {
         assert!(out.status.success(), "ping {dst} after the failover");
     }
 }
+
+#[test]
+fn a_detached_member_is_out_of_service_until_attached() {
+    let _lab = Lab::up(3);
+    let before = bucket_table();
+    assert!(baton_ok(&["detach", "2"]).contains("detached"));
+    let after = bucket_table();
+    for i in 0..before.active.len() {
+        if before.active[i] == 2 {
+            assert_eq!(
+                after.active[i], before.backup[i],
+                "bucket {i} goes to its backup"
+            );
+        } else {
+            assert_eq!(after.active[i], before.active[i], "bucket {i} stays");
+        }
+        assert!(
+            after.active[i] != 2 && after.backup[i] != 2,
+            "bucket {i} no longer uses member 2"
+        );
+    }
+    // Its heartbeats go on, and change nothing while it is detached.
+    std::thread::sleep(Duration::from_millis(500));
+    let stat = stat_json();
+    assert_eq!(stat["groups"][0]["members"][1]["state"], "detached");
+    assert_eq!(stat["groups"][0]["smo"], 1);
+    for h in 1..=8u8 {
+        let out = in_ns(
+            NS_EXT,
+            &["ping", "-c", "1", "-W", "2", &format!("198.19.0.{h}")],
+        );
+        assert!(
+            out.status.success(),
+            "ping 198.19.0.{h} with member 2 detached"
+        );
+    }
+    // Attached again, it rejoins and gets its share back.
+    baton_ok(&["attach", "2"]);
+    let stat = wait_stat(Duration::from_secs(2), |s| {
+        s["groups"][0]["members"][1]["state"] == "active"
+    });
+    assert_eq!(stat["groups"][0]["members"][1]["state"], "active");
+    let back = bucket_table();
+    let share = back.active.iter().filter(|m| **m == 2).count();
+    assert!(
+        (1300..=1400).contains(&share),
+        "member 2 is active for {share} of 4096 buckets"
+    );
+    // An unknown member is refused with the reason.
+    let out = baton(&["detach", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no member 9"));
+}

@@ -46,6 +46,16 @@ enum Command {
     Search(search::SearchArgs),
     /// Bring up a lab, run traffic through it with a live status, tear it down.
     Demo(demo::DemoArgs),
+    /// Take a member out of service (its buckets go to their backups) until attached.
+    Detach {
+        /// Member id.
+        member: u32,
+    },
+    /// Return a detached member to service (it rejoins at its next heartbeat).
+    Attach {
+        /// Member id.
+        member: u32,
+    },
     /// Change the number of worker instances of a member at runtime (Dynamic Balancing);
     /// its connections move between workers, none is dropped.
     Workers {
@@ -69,6 +79,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab { command } => lab::run(command),
         Command::Stat(args) => stat::run(&client, args),
         Command::Demo(args) => demo::run(&client, args),
+        Command::Detach { member } => admin(&client, member, "detach"),
+        Command::Attach { member } => admin(&client, member, "attach"),
         Command::Workers { member, count } => {
             let r: baton_control::api::WorkersRequest = client.post(
                 &format!("/v1/members/{member}/workers"),
@@ -97,4 +109,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Err(e) => Err(e),
         Ok(()) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `baton detach|attach`: an administrative change of a member's state.
+fn admin(client: &baton_control::api::Client, member: u32, verb: &str) -> anyhow::Result<()> {
+    let state: baton_control::membership::MemberState = client.post(
+        &format!("/v1/members/{member}/{verb}"),
+        &serde_json::json!({}),
+    )?;
+    println!("member {member}: {}", format!("{state:?}").to_lowercase());
+    Ok(())
 }

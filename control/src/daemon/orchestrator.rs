@@ -294,6 +294,8 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
         .route("/v1/search", get(search_bucket))
         .route("/v1/buckets", get(buckets))
         .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
+        .route("/v1/members/{id}/detach", axum::routing::post(detach))
+        .route("/v1/members/{id}/attach", axum::routing::post(attach))
         .with_state(shared);
     tracing::info!(socket = %path.display(), "API listening");
     let shutdown = async {
@@ -408,6 +410,35 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         uplinks,
         events,
     }))
+}
+
+/// Takes a member out of service administratively: its buckets switch to their backups
+/// and it stays Detached, whatever its heartbeats say, until attached.
+async fn detach(
+    State(shared): State<SharedRef>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+) -> Result<Json<MemberState>, ApiError> {
+    admin(shared, id, Event::Detach(id))
+}
+
+/// Returns a Detached member to service: it rejoins through Joining at its next heartbeat.
+async fn attach(
+    State(shared): State<SharedRef>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+) -> Result<Json<MemberState>, ApiError> {
+    admin(shared, id, Event::Attach(id))
+}
+
+fn admin(shared: SharedRef, id: u32, event: Event) -> Result<Json<MemberState>, ApiError> {
+    let mut s = shared.lock().unwrap();
+    if s.membership.state(id).is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no member {id}")));
+    }
+    let actions = s.membership.handle(Instant::now(), event);
+    apply(&mut s, actions).map_err(internal)?;
+    let state = s.membership.state(id).unwrap_or(MemberState::Down);
+    tracing::info!(member = id, ?state, "administrative change");
+    Ok(Json(state))
 }
 
 /// Asks a member to run `workers` worker instances; it applies the change at its next
