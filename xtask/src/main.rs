@@ -200,51 +200,40 @@ fn test(filter: &[String]) -> Result<()> {
     result
 }
 
-fn demo(args: &[String]) -> Result<()> {
+/// Runs `setup`, checks for root (`why` says what needs it) and builds `binaries`
+/// ((package, binary) pairs) in release mode.
+fn prepare_release(why: &str, binaries: &[(&str, &str)]) -> Result<()> {
     setup()?;
     if !is_root() {
-        bail!("the demo builds network namespaces and loads XDP programs: run as root");
+        bail!("{why}: run as root");
     }
-    run(cmd("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "baton-control",
-        "--bin",
-        "baton",
-    ]))?;
-    run(
-        cmd(root_dir().join("target/release/baton").to_str().unwrap())
-            .arg("demo")
-            .args(args),
-    )
+    for (package, bin) in binaries {
+        run(cmd("cargo").args(["build", "--release", "-p", package, "--bin", bin]))?;
+    }
+    Ok(())
+}
+
+fn release_bin(name: &str) -> Command {
+    cmd(root_dir()
+        .join("target/release")
+        .join(name)
+        .to_str()
+        .unwrap())
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    prepare_release(
+        "the demo builds network namespaces and loads XDP programs",
+        &[("baton-control", "baton")],
+    )?;
+    run(release_bin("baton").arg("demo").args(args))
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    setup()?;
-    if !is_root() {
-        bail!("the benchmarks load XDP programs and build network namespaces: run as root");
-    }
-    run(cmd("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "baton-benches",
-        "--bin",
-        "baton-bench",
-    ]))?;
     // The membership benchmark runs a lab of release `baton` daemons.
-    run(cmd("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "baton-control",
-        "--bin",
-        "baton",
-    ]))?;
-    run(cmd(root_dir()
-        .join("target/release/baton-bench")
-        .to_str()
-        .unwrap())
-    .args(args))
+    prepare_release(
+        "the benchmarks load XDP programs and build network namespaces",
+        &[("baton-benches", "baton-bench"), ("baton-control", "baton")],
+    )?;
+    run(release_bin("baton-bench").args(args))
 }
