@@ -99,6 +99,22 @@ pub struct BucketTable {
     pub backup: Vec<u32>,
 }
 
+/// `GET /v1/sync`: HyperSync figures of every member (like `cphaprob syncstat`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncStat {
+    pub members: Vec<SyncMemberStat>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncMemberStat {
+    pub id: u32,
+    pub state: MemberState,
+    /// What the member last reported: its streams to each peer, its copies, the frames it
+    /// dropped and the first replies it held.
+    #[serde(flatten)]
+    pub sync: baton_dataplane::sync::engine::SyncReport,
+}
+
 /// `POST /v1/members/{id}/workers`: the worker count a member should run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -2,6 +2,8 @@
 //! management network). A member's heartbeat carries its health and counters; the
 //! orchestrator's answer tells the member its state and the SMO master.
 
+use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
+use baton_dataplane::sync::engine::{SyncReport, View};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::MemberState;
@@ -37,6 +39,12 @@ pub struct MemberReport {
     /// Frames received on each queue of the data port.
     #[serde(default)]
     pub queue_packets: Vec<u64>,
+    /// HyperSync figures, when sync is on.
+    #[serde(default)]
+    pub sync: Option<SyncReport>,
+    /// The sync port's MAC (aa:bb:…), where the other members send this one's records.
+    #[serde(default)]
+    pub sync_mac: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -57,10 +65,74 @@ pub struct HeartbeatAck {
     /// Worker instances the member should run (Dynamic Balancing), when set.
     #[serde(default)]
     pub workers: Option<u32>,
+    /// The group's bucket table and sync peers, when the member's copy is out of date.
+    #[serde(default)]
+    pub table: Option<TableUpdate>,
+}
+
+/// The bucket table as members sync by it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TableUpdate {
+    pub version: u64,
+    /// Base64 of one (active, backup) byte pair per bucket (member ids fit a byte).
+    pub buckets: String,
+    /// Members of the group that sync, with their sync port's MAC.
+    pub peers: Vec<SyncPeer>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncPeer {
+    pub id: u32,
+    pub mac: String,
+}
+
+impl TableUpdate {
+    pub fn new(version: u64, table: &[baton_common::Bucket], peers: Vec<SyncPeer>) -> Self {
+        let bytes: Vec<u8> = table
+            .iter()
+            .flat_map(|b| [b.active as u8, b.backup as u8])
+            .collect();
+        Self {
+            version,
+            buckets: B64.encode(bytes),
+            peers,
+        }
+    }
+
+    /// The view a member's sync engine takes; None when the update is malformed.
+    pub fn view(&self) -> Option<View> {
+        let bytes = B64.decode(&self.buckets).ok()?;
+        if bytes.len() % 2 != 0 || !(bytes.len() / 2).is_power_of_two() {
+            return None;
+        }
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| parse_mac(&p.mac).map(|m| (p.id, m)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(View {
+            version: self.version,
+            buckets: bytes
+                .chunks_exact(2)
+                .map(|c| (c[0] as u32, c[1] as u32))
+                .collect(),
+            peers,
+        })
+    }
+}
+
+/// Parses aa:bb:cc:dd:ee:ff.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Largest datagram either side sends or accepts.
-pub const MAX_DATAGRAM: usize = 2048;
+pub const MAX_DATAGRAM: usize = 65_507;
 
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     serde_json::to_vec(msg).expect("CCP messages serialise")
@@ -90,5 +162,44 @@ mod tests {
         assert_eq!(decode::<Heartbeat>(&bytes), Some(hb));
         assert_eq!(decode::<Heartbeat>(b"\\xff\\x00garbage"), None);
         assert_eq!(decode::<Heartbeat>(&bytes[..bytes.len() / 2]), None);
+    }
+
+    #[test]
+    fn table_updates_fit_a_datagram_and_round_trip() {
+        use baton_common::Bucket;
+        let table: Vec<Bucket> = (0..baton_common::BUCKETS_PER_GROUP_MAX)
+            .map(|i| Bucket {
+                active: 1 + i % 52,
+                backup: 1 + (i + 1) % 52,
+            })
+            .collect();
+        let peers = vec![SyncPeer {
+            id: 2,
+            mac: "02:00:00:00:00:0a".into(),
+        }];
+        let ack = HeartbeatAck {
+            member: 1,
+            seq: 1,
+            state: MemberState::Active,
+            smo: Some(1),
+            workers: None,
+            table: Some(TableUpdate::new(7, &table, peers)),
+        };
+        let bytes = encode(&ack);
+        assert!(bytes.len() < MAX_DATAGRAM, "{} bytes", bytes.len());
+        let back: HeartbeatAck = decode(&bytes).unwrap();
+        let view = back.table.unwrap().view().unwrap();
+        assert_eq!(view.version, 7);
+        assert_eq!(view.buckets.len(), table.len());
+        assert_eq!(view.buckets[5], (6, 7));
+        assert_eq!(view.peers, vec![(2, [2, 0, 0, 0, 0, 10])]);
+        let bad = TableUpdate {
+            version: 1,
+            buckets: "!!".into(),
+            peers: vec![],
+        };
+        assert!(bad.view().is_none());
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:00:00"), None);
     }
 }

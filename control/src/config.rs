@@ -123,6 +123,10 @@ pub struct GroupConfig {
     /// HyperSync on.
     #[serde(default = "yes")]
     pub sync: bool,
+    /// The group's sync key: 32 bytes as 64 hex digits, in a file only root reads (sync
+    /// frames are authenticated with it). Needed when `sync` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_key_file: Option<PathBuf>,
     pub uplinks: Vec<UplinkConfig>,
     #[serde(default)]
     pub members: Vec<MemberConfig>,

@@ -151,6 +151,7 @@ pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
             mode,
             l4,
             sync,
+            sync_key_file: None,
             uplinks: vec![
                 UplinkConfig {
                     iface: "up-ext".into(),
@@ -343,7 +344,10 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
             "mgmt0",
         ])?;
     }
-    let cfg = config(n, opts.sync, opts.mode, opts.l4);
+    let mut cfg = config(n, opts.sync, opts.mode, opts.l4);
+    let key_path = state.join("sync.key");
+    write_private(&key_path, &random_key()?)?;
+    cfg.groups[0].sync_key_file = Some(key_path);
     let cfg_path = state.join("baton.toml");
     fs::write(&cfg_path, cfg.to_toml())?;
     let policy_path = state.join(POLICY_FILE);
@@ -400,6 +404,26 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
         .chain(busy.iter().map(String::as_str))
         .collect::<Vec<_>>(),
     )
+}
+
+/// A new group key: 32 random bytes as hex.
+fn random_key() -> Result<String, LabError> {
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(())
 }
 
 /// Starts a daemon in a namespace, detached (own session, output to `log`).

@@ -33,6 +33,8 @@ pub enum TrafficError {
     Corrupt { id: u64, offset: u64 },
     #[error("stream {id}: {got} of {want} bytes arrived")]
     Short { id: u64, got: u64, want: u64 },
+    #[error("stream {id}: stalled for more than {limit:?} after {got} bytes")]
+    Stalled { id: u64, got: u64, limit: Duration },
     #[error("a traffic thread panicked")]
     Panicked,
 }
@@ -132,22 +134,17 @@ pub fn tcp_streams(
     progress: Arc<Progress>,
 ) -> Result<Vec<TcpReport>, TrafficError> {
     // Listeners first, so no connection is refused.
-    let mut listeners = Vec::new();
-    for f in flows {
-        let addr = SocketAddr::new(f.server, f.port);
-        let l = join(in_netns(server_ns, move || {
-            TcpListener::bind(addr).map_err(io(format!("listen on {addr}")))
-        }))?;
-        listeners.push(l);
-    }
+    let listeners = listen(server_ns, flows)?;
     let mut servers = Vec::new();
     for (f, l) in flows.iter().cloned().zip(listeners) {
         let progress = progress.clone();
-        servers.push(std::thread::spawn(move || receive(f, l, timeout, progress)));
+        servers.push(std::thread::spawn(move || {
+            receive(f, l, timeout, None, progress)
+        }));
     }
     let mut clients = Vec::new();
     for f in flows.iter().cloned() {
-        clients.push(in_netns(client_ns, move || send(f, timeout)));
+        clients.push(in_netns(client_ns, move || send(f, timeout, None)));
     }
     for c in clients {
         join(c)?;
@@ -155,23 +152,93 @@ pub fn tcp_streams(
     servers.into_iter().map(join).collect()
 }
 
-fn send(f: TcpFlow, timeout: Duration) -> Result<(), TrafficError> {
+/// A listener in `server_ns` for each flow.
+fn listen(server_ns: &str, flows: &[TcpFlow]) -> Result<Vec<TcpListener>, TrafficError> {
+    flows
+        .iter()
+        .map(|f| {
+            let addr = SocketAddr::new(f.server, f.port);
+            join(in_netns(server_ns, move || {
+                TcpListener::bind(addr).map_err(io(format!("listen on {addr}")))
+            }))
+        })
+        .collect()
+}
+
+/// How a long-lived connection sends: `chunk` bytes every `gap`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub chunk: usize,
+    pub gap: Duration,
+}
+
+/// Like [`tcp_streams`], for long-lived paced connections, with one result per flow: a
+/// connection is lost if it is reset, fails its byte check, or stalls for more than
+/// `stall_limit`. All connections are open before the first byte is sent.
+pub fn tcp_sessions(
+    client_ns: &str,
+    server_ns: &str,
+    flows: &[TcpFlow],
+    pace: Pace,
+    stall_limit: Duration,
+    timeout: Duration,
+    progress: Arc<Progress>,
+) -> Result<Vec<Result<TcpReport, TrafficError>>, TrafficError> {
+    let listeners = listen(server_ns, flows)?;
+    let mut servers = Vec::new();
+    for (f, l) in flows.iter().cloned().zip(listeners) {
+        let progress = progress.clone();
+        servers.push(
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || receive(f, l, timeout, Some(stall_limit), progress))
+                .map_err(io("thread"))?,
+        );
+    }
+    let mut clients = Vec::new();
+    for f in flows.iter().cloned() {
+        // A sender whose connection is lost gives up once it stalls too.
+        clients.push(in_netns(client_ns, move || {
+            send(f, stall_limit, Some(pace))
+        }));
+    }
+    let results = servers.into_iter().map(join).collect();
+    // The receivers decide; senders only have to be gone.
+    for c in clients {
+        let _ = join(c);
+    }
+    Ok(results)
+}
+
+fn send(f: TcpFlow, timeout: Duration, pace: Option<Pace>) -> Result<(), TrafficError> {
     let sock = socket2_connect(f.client, SocketAddr::new(f.server, f.port), timeout)?;
     let mut sock = sock;
     sock.set_write_timeout(Some(timeout))
         .map_err(io("set timeout"))?;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; pace.map_or(64 * 1024, |p| p.chunk.max(1))];
     let mut off = 0u64;
+    let start = Instant::now();
+    let mut round = 0u32;
     while off < f.bytes {
         let n = (f.bytes - off).min(buf.len() as u64) as usize;
         fill(f.id, off, &mut buf[..n]);
         sock.write_all(&buf[..n])
             .map_err(io(format!("stream {} send", f.id)))?;
         off += n as u64;
+        if let Some(p) = pace {
+            // Paced from the start, so a stall is caught up rather than stretched.
+            round += 1;
+            let due = start + p.gap * round;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
     }
     sock.shutdown(std::net::Shutdown::Write)
         .map_err(io("shutdown"))?;
     // Wait for the receiver to close, so the last bytes are acknowledged end to end.
+    let _ = sock.set_read_timeout(Some(timeout));
     let _ = sock.read(&mut [0u8; 1]);
     Ok(())
 }
@@ -234,6 +301,7 @@ fn receive(
     f: TcpFlow,
     l: TcpListener,
     timeout: Duration,
+    stall_limit: Option<Duration>,
     progress: Arc<Progress>,
 ) -> Result<TcpReport, TrafficError> {
     l.set_nonblocking(false).map_err(io("listener"))?;
@@ -274,7 +342,16 @@ fn receive(
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                if stall_limit.is_some_and(|limit| last.elapsed() > limit) {
+                    return Err(TrafficError::Stalled {
+                        id: f.id,
+                        got,
+                        limit: stall_limit.unwrap_or_default(),
+                    });
+                }
+            }
             Err(e) => return Err(io(format!("stream {} receive", f.id))(e)),
         }
     }

@@ -51,6 +51,15 @@ impl FlowKey {
         (ip(self.lo), ip(self.hi))
     }
 
+    /// The ports (lo's, hi's), or ICMP echo identifiers.
+    pub fn ports(&self) -> (u16, u16) {
+        (self.lo_port, self.hi_port)
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
     /// The key of a packet and whether the packet goes from `lo` to `hi`.
     pub fn of(p: &Packet) -> (FlowKey, bool) {
         let (s, d) = ((octets(p.src), p.sport), (octets(p.dst), p.dport));
@@ -131,6 +140,31 @@ struct Entry {
     initiator_lo: bool,
     /// FIN seen from lo (bit 0) / hi (bit 1).
     fins: u8,
+    /// When the entry was last synced to the backup, in seconds on the caller's clock
+    /// (fits in the padding: the entry stays 16 bytes).
+    synced_s: u32,
+}
+
+/// What a sync record says about a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOp {
+    /// Create or update: the backup holds this state.
+    Upsert = 1,
+    /// The connection ended.
+    Delete = 2,
+}
+
+/// Bytes of one sync record.
+pub const RECORD_BYTES: usize = 48;
+
+/// A change the table made that its backup must hear about (see [`ConnTable::journal`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub op: RecordOp,
+    pub conn: Connection,
+    /// The connection's first reply: the packet that completes its state. It should leave
+    /// only once the backup holds the connection.
+    pub first_reply: bool,
 }
 
 /// A connection in transit between two tables, state and timers intact.
@@ -138,6 +172,88 @@ struct Entry {
 pub struct Connection {
     pub key: FlowKey,
     entry: Entry,
+}
+
+impl Connection {
+    pub fn state(&self) -> State {
+        self.entry.state
+    }
+
+    /// Milliseconds left to live at `now_ms` on the clock of the table it came from.
+    pub fn remaining_ms(&self, now_ms: u64) -> u64 {
+        self.entry.expires.saturating_sub(now_ms)
+    }
+
+    /// The same connection on another clock: it keeps the time it had left.
+    pub fn rebase(mut self, from_now_ms: u64, to_now_ms: u64) -> Self {
+        self.entry.expires = to_now_ms + self.remaining_ms(from_now_ms);
+        self
+    }
+
+    /// The sync record of this connection (`now_ms` on its table's clock). Layout, all
+    /// big-endian: op, state, initiator is lo, FINs, protocol, 0, lo port, hi port, 0, 0,
+    /// milliseconds to live (u32), lo address, hi address (16 bytes each, IPv4 mapped).
+    pub fn encode(&self, op: RecordOp, now_ms: u64) -> [u8; RECORD_BYTES] {
+        let mut r = [0u8; RECORD_BYTES];
+        let e = &self.entry;
+        r[0] = op as u8;
+        r[1] = e.state as u8;
+        r[2] = u8::from(e.initiator_lo);
+        r[3] = e.fins;
+        r[4] = self.key.proto;
+        r[6..8].copy_from_slice(&self.key.lo_port.to_be_bytes());
+        r[8..10].copy_from_slice(&self.key.hi_port.to_be_bytes());
+        let ttl = u32::try_from(self.remaining_ms(now_ms)).unwrap_or(u32::MAX);
+        r[12..16].copy_from_slice(&ttl.to_be_bytes());
+        r[16..32].copy_from_slice(&self.key.lo);
+        r[32..48].copy_from_slice(&self.key.hi);
+        r
+    }
+
+    /// Reads a sync record (`now_ms` on the receiving table's clock); None when it makes
+    /// no sense (unknown op or state, addresses out of order).
+    pub fn decode(r: &[u8; RECORD_BYTES], now_ms: u64) -> Option<(RecordOp, Connection)> {
+        let op = match r[0] {
+            1 => RecordOp::Upsert,
+            2 => RecordOp::Delete,
+            _ => return None,
+        };
+        let state = match r[1] {
+            0 => State::SynSent,
+            1 => State::SynReceived,
+            2 => State::Established,
+            3 => State::FinWait,
+            4 => State::TimeWait,
+            5 => State::Open,
+            6 => State::Replied,
+            _ => return None,
+        };
+        let be16 = |i: usize| u16::from_be_bytes([r[i], r[i + 1]]);
+        let key = FlowKey {
+            lo: r[16..32].try_into().ok()?,
+            hi: r[32..48].try_into().ok()?,
+            lo_port: be16(6),
+            hi_port: be16(8),
+            proto: r[4],
+        };
+        if (key.lo, key.lo_port) > (key.hi, key.hi_port) || r[2] > 1 || r[3] > 3 {
+            return None;
+        }
+        let ttl = u32::from_be_bytes([r[12], r[13], r[14], r[15]]) as u64;
+        Some((
+            op,
+            Connection {
+                key,
+                entry: Entry {
+                    expires: now_ms + ttl,
+                    state,
+                    initiator_lo: r[2] == 1,
+                    fins: r[3],
+                    synced_s: (now_ms / 1000) as u32,
+                },
+            },
+        ))
+    }
 }
 
 /// What happened to a packet.
@@ -171,6 +287,8 @@ pub struct ConnTable {
     timeouts: Timeouts,
     hand: usize,
     pub counters: Counters,
+    /// Changes for the backup, when sync is on: the owner drains it after each packet.
+    journal: Option<Vec<Change>>,
 }
 
 /// Entries the hand visits per packet.
@@ -186,6 +304,36 @@ impl ConnTable {
             timeouts,
             hand: 0,
             counters: Counters::default(),
+            journal: None,
+        }
+    }
+
+    /// Keeps a journal of the changes a backup must hear about: creations, state changes,
+    /// ends, and a refresh of each live connection a few times per timeout (expiry needs
+    /// no record: the backup ages its copies by the same timeouts).
+    pub fn enable_journal(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// The changes since the last call.
+    pub fn journal(&mut self) -> Option<&mut Vec<Change>> {
+        self.journal.as_mut()
+    }
+
+    /// Every connection, for a bulk sync.
+    pub fn snapshot(&self) -> impl Iterator<Item = Connection> + '_ {
+        self.map
+            .iter()
+            .map(|(k, e)| Connection { key: *k, entry: *e })
+    }
+
+    fn note(&mut self, op: RecordOp, key: FlowKey, entry: Entry, first_reply: bool) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(Change {
+                op,
+                conn: Connection { key, entry },
+                first_reply,
+            });
         }
     }
 
@@ -230,11 +378,27 @@ impl ConnTable {
             if e.expires > now_ms {
                 let from_initiator = forward == e.initiator_lo;
                 match self.advance(e, p, forward, from_initiator, now_ms) {
-                    Some(next) => {
+                    Some(mut next) => {
+                        if self.journal.is_some() {
+                            let now_s = (now_ms / 1000) as u32;
+                            let refresh = (self.timeout(next.state, p.proto) / 3000) as u32;
+                            if next.state != e.state
+                                || now_s.saturating_sub(e.synced_s) > refresh.max(1)
+                            {
+                                next.synced_s = now_s;
+                                let first_reply = matches!(
+                                    (e.state, next.state),
+                                    (State::SynSent, State::SynReceived)
+                                        | (State::Open, State::Replied)
+                                );
+                                self.note(RecordOp::Upsert, k, next, first_reply);
+                            }
+                        }
                         self.map[i] = next;
                         return Track::Existing(next.state);
                     }
                     None => {
+                        self.note(RecordOp::Delete, k, e, false);
                         self.remove(i);
                         self.counters.closed += 1;
                         return Track::Existing(State::TimeWait);
@@ -278,8 +442,10 @@ impl ConnTable {
             state,
             initiator_lo: forward,
             fins: 0,
+            synced_s: (now_ms / 1000) as u32,
         };
         self.map.insert(k, e);
+        self.note(RecordOp::Upsert, k, e, false);
         self.counters.created += 1;
         Track::Created
     }
@@ -300,6 +466,16 @@ impl ConnTable {
             return false;
         }
         self.map.insert(c.key, c.entry);
+        true
+    }
+
+    /// Adopts a connection a backup held for a failed member: from now on this table owns
+    /// it, and its own backup must hear about it.
+    pub fn take_over(&mut self, c: Connection) -> bool {
+        if !self.adopt(c) {
+            return false;
+        }
+        self.note(RecordOp::Upsert, c.key, c.entry, false);
         true
     }
 

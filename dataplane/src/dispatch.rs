@@ -62,6 +62,8 @@ pub struct WorkerStats {
     /// Frames each worker dropped, by reason (held frames given up included).
     pub drops: [[AtomicU64; DropReason::COUNT]; WORKERS_MAX],
     pub connections: [AtomicU64; WORKERS_MAX],
+    /// First replies each worker holds for its backup's acknowledgement.
+    pub held: [AtomicU64; WORKERS_MAX],
     dropped_held: [[AtomicU64; DropReason::COUNT]; WORKERS_MAX],
     pub workers: AtomicU64,
 }
@@ -72,8 +74,8 @@ struct Worker {
     thread: Option<JoinHandle<Forwarder>>,
 }
 
-/// Makes the forwarder of one of `n` workers (its share of the connection table).
-pub type MakeForwarder = Box<dyn Fn(usize) -> Forwarder + Send>;
+/// Makes the forwarder of worker `i` of `n` (its share of the connection table).
+pub type MakeForwarder = Box<dyn Fn(usize, usize) -> Forwarder + Send>;
 
 pub struct Dispatcher {
     workers: Vec<Worker>,
@@ -94,7 +96,7 @@ impl Dispatcher {
     ) -> std::io::Result<(Self, Arc<WorkerStats>)> {
         assert!((1..=WORKERS_MAX).contains(&n), "1..={WORKERS_MAX} workers");
         let stats = Arc::new(WorkerStats::default());
-        let forwarders: Vec<Forwarder> = (0..n).map(|_| make(n)).collect();
+        let forwarders: Vec<Forwarder> = (0..n).map(|i| make(i, n)).collect();
         let policy = Arc::new(forwarders[0].policy().clone());
         let mut d = Self {
             workers: Vec::new(),
@@ -297,6 +299,12 @@ impl BatchProcessor for Dispatcher {
         self.policy.version
     }
 
+    fn holding(&self) -> bool {
+        self.stats.held[..self.workers.len()]
+            .iter()
+            .any(|h| h.load(Ordering::Relaxed) > 0)
+    }
+
     fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
         self.policy = policy.clone();
         self.broadcast(|| Request::Policy(policy.clone()))
@@ -314,7 +322,7 @@ impl BatchProcessor for Dispatcher {
             return Err(format!("the worker count must be 1..={WORKERS_MAX}"));
         }
         let old = self.stop();
-        let mut new: Vec<Forwarder> = (0..n).map(|_| (self.make)(n)).collect();
+        let mut new: Vec<Forwarder> = (0..n).map(|i| (self.make)(i, n)).collect();
         let mut moved = 0;
         for (i, mut f) in old.into_iter().enumerate() {
             for (ip, mac) in f.resolved_neighbours() {
@@ -397,6 +405,7 @@ fn work(
             s.store(d + h, Ordering::Relaxed);
         }
         stats.connections[i].store(fwd.connections().len() as u64, Ordering::Relaxed);
+        stats.held[i].store(fwd.holding() as u64, Ordering::Relaxed);
         for (s, d) in stats.dropped_held[i].iter().zip(fwd.dropped_held) {
             s.store(d, Ordering::Relaxed);
         }

@@ -4,8 +4,9 @@
 //! frames waiting for a resolution are held (bounded) and released when the answer comes.
 
 use std::{
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -13,9 +14,10 @@ use ahash::AHashMap;
 use ipnet::IpNet;
 
 use crate::{
-    conntrack::{ConnTable, Connection, Track},
+    conntrack::{ConnTable, Connection, FlowKey, Packet, RecordOp, Track},
     frame::{self, Inspect, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6},
     policy::{Action, Policy},
+    sync::tap::SyncTap,
 };
 
 /// One side of the group as a member sees it.
@@ -118,6 +120,17 @@ pub struct Forwarder {
     /// Non-first fragments forwarded without tracking (they carry no L4 header).
     pub untracked_fragments: u64,
     icmp_budget: TokenBucket,
+    sync: Option<SyncLink>,
+}
+
+/// A worker's part in HyperSync.
+struct SyncLink {
+    tap: Arc<SyncTap>,
+    slot: usize,
+    /// First replies waiting for the backup's acknowledgement: (ticket, deadline, frame),
+    /// in ticket order.
+    held: VecDeque<(u64, Instant, Vec<u8>)>,
+    resync_generation: u64,
 }
 
 /// Limits the ICMP errors a member originates (like the kernel's icmp_ratelimit), so a
@@ -172,7 +185,113 @@ impl Forwarder {
             dropped_held: [0; DropReason::COUNT],
             untracked_fragments: 0,
             icmp_budget: TokenBucket::new(1000.0, 100.0),
+            sync: None,
         }
+    }
+
+    /// Turns HyperSync on for this worker (slot `slot` of the tap): its connection changes
+    /// go to the sync thread, a connection's first reply waits for the backup's
+    /// acknowledgement, and packets of unknown connections are looked up among the copies
+    /// this member holds as a backup.
+    pub fn set_sync(&mut self, tap: Arc<SyncTap>, slot: usize) {
+        self.conns.enable_journal();
+        let resync_generation = tap.resync().map_or(0, |r| r.generation);
+        self.sync = Some(SyncLink {
+            tap,
+            slot,
+            held: VecDeque::new(),
+            resync_generation,
+        });
+    }
+
+    /// Frames waiting for the backup.
+    pub fn holding(&self) -> usize {
+        self.sync.as_ref().map_or(0, |s| s.held.len())
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Sends the table's changes to the sync thread; returns the ticket a first reply
+    /// must wait for.
+    fn publish_changes(&mut self, now: Instant) -> Option<u64> {
+        let link = self.sync.as_ref()?;
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let mut hold = None;
+        if let Some(j) = self.conns.journal() {
+            for c in j.drain(..) {
+                let ticket = link.tap.emit(link.slot, c.conn.encode(c.op, ms));
+                if c.first_reply {
+                    hold = ticket;
+                }
+            }
+        }
+        hold
+    }
+
+    /// Releases first replies the backup has acknowledged, or that waited long enough.
+    fn release(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        let Some(link) = self.sync.as_mut() else {
+            return;
+        };
+        if link.held.is_empty() {
+            return;
+        }
+        let acked = link.tap.watermark(link.slot);
+        while let Some((ticket, deadline, _)) = link.held.front() {
+            if *ticket <= acked {
+                link.tap.stats.held.fetch_add(1, Ordering::Relaxed);
+            } else if now >= *deadline {
+                link.tap.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
+            } else {
+                break;
+            }
+            if let Some((_, _, f)) = link.held.pop_front() {
+                out.push(f);
+            }
+        }
+    }
+
+    /// Re-sends the connections a bulk resync asks for.
+    fn resync(&mut self, now: Instant) {
+        let Some(link) = self.sync.as_mut() else {
+            return;
+        };
+        let Some(r) = link.tap.resync() else { return };
+        if r.generation == link.resync_generation {
+            return;
+        }
+        link.resync_generation = r.generation;
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let mut sent = 0usize;
+        for c in self.conns.snapshot() {
+            if r.wants(&link.tap.bucketer, &c.key) {
+                link.tap.emit(link.slot, c.encode(RecordOp::Upsert, ms));
+                sent += 1;
+            }
+        }
+        tracing::debug!(slot = link.slot, sent, "bulk resync");
+    }
+
+    /// A frame that completes a connection's state leaves once its backup holds the
+    /// connection (the flush-and-ack rule), or after the hold limit.
+    fn hold_first_reply(
+        &mut self,
+        v: Verdict,
+        f: &[u8],
+        hold: Option<u64>,
+        now: Instant,
+    ) -> Verdict {
+        let (Verdict::Forward, Some(ticket), Some(link)) = (v, hold, self.sync.as_mut()) else {
+            return v;
+        };
+        if link.tap.watermark(link.slot) >= ticket {
+            return v;
+        }
+        link.held
+            .push_back((ticket, now + link.tap.hold_max, f.to_vec()));
+        Verdict::Held
     }
 
     /// Adds a neighbour by hand (a static entry, or a benchmark's preset).
@@ -218,39 +337,75 @@ impl Forwarder {
     }
 
     /// Lets the packet through the connection table (and the policy for a first packet).
-    fn admit(&mut self, seen: Inspect, now: Instant) -> Result<(), DropReason> {
-        let ms = now.duration_since(self.epoch).as_millis() as u64;
+    /// Ok carries the ticket a first reply must wait for, when sync is on.
+    fn admit(&mut self, seen: Inspect, now: Instant) -> Result<Option<u64>, DropReason> {
+        let ms = self.ms(now);
         match seen {
             Inspect::Truncated => Err(DropReason::Truncated),
             Inspect::Untracked => {
                 self.untracked_fragments += 1;
-                Ok(())
+                Ok(None)
             }
             // An ICMP error passes when the connection it reports on exists.
-            Inspect::Related(q) => match self.conns.state(&q, ms) {
-                Some(_) => Ok(()),
-                None => Err(DropReason::NoConnection),
-            },
+            Inspect::Related(q) => {
+                if self.conns.state(&q, ms).is_none() && !self.take_over(&q, now) {
+                    return Err(DropReason::NoConnection);
+                }
+                Ok(self.publish_changes(now))
+            }
             Inspect::Track(p) => {
-                let policy = &self.policy;
-                let track = self.conns.track(&p, ms, || {
-                    let v = policy.evaluate(&p);
-                    if v.log {
-                        tracing::info!(
-                            src = %p.src, dst = %p.dst, proto = p.proto, sport = p.sport, dport = p.dport,
-                            rule = ?v.rule, action = ?v.action, "policy"
-                        );
-                    }
-                    v.action == Action::Accept
-                });
+                let mut track = self.track(&p, ms);
+                if track == Track::NoConnection && self.take_over(&p, now) {
+                    // A connection of a failed member this one backed up: it goes on here.
+                    self.conns.counters.no_connection -= 1;
+                    track = self.track(&p, ms);
+                }
+                let hold = self.publish_changes(now);
                 match track {
-                    Track::Existing(_) | Track::Created => Ok(()),
+                    Track::Existing(_) | Track::Created => Ok(hold),
                     Track::Denied => Err(DropReason::Policy),
                     Track::NoConnection => Err(DropReason::NoConnection),
                     Track::TableFull => Err(DropReason::TableFull),
                 }
             }
         }
+    }
+
+    /// Adopts the backup copy of the connection `p` belongs to, if this member holds one.
+    fn take_over(&mut self, p: &Packet, now: Instant) -> bool {
+        let Some(link) = self.sync.as_ref() else {
+            return false;
+        };
+        let (key, _) = FlowKey::of(p);
+        let ms = self.ms(now);
+        let copy = link
+            .tap
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(&key, now, ms);
+        match copy {
+            Some(c) if self.conns.take_over(c) => {
+                link.tap.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Tracks a packet, asking the policy about a new connection.
+    fn track(&mut self, p: &Packet, ms: u64) -> Track {
+        let policy = &self.policy;
+        self.conns.track(p, ms, || {
+            let v = policy.evaluate(p);
+            if v.log {
+                tracing::info!(
+                    src = %p.src, dst = %p.dst, proto = p.proto, sport = p.sport, dport = p.dport,
+                    rule = ?v.rule, action = ?v.action, "policy"
+                );
+            }
+            v.action == Action::Accept
+        })
     }
 
     /// The side whose prefixes contain `ip` (longest prefix wins).
@@ -274,6 +429,7 @@ impl Forwarder {
     /// Handles one received frame. Frames to send besides it (solicitations, released
     /// frames) are appended to `out`.
     pub fn process(&mut self, f: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        self.release(now, out);
         let Some((ethertype, l3)) = frame::l2(f) else {
             return Verdict::Drop(DropReason::Truncated);
         };
@@ -321,12 +477,14 @@ impl Forwarder {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let seen = frame::inspect_v4(ip);
-        if let Err(r) = self.admit(seen, now) {
-            return Verdict::Drop(r);
-        }
+        let hold = match self.admit(seen, now) {
+            Ok(hold) => hold,
+            Err(r) => return Verdict::Drop(r),
+        };
         let ip = &mut f[l3..];
         frame::decrement_ttl_v4(ip);
-        self.send_to_neighbour(f, side, dst, now, out)
+        let v = self.send_to_neighbour(f, side, dst, now, out);
+        self.hold_first_reply(v, f, hold, now)
     }
 
     fn ipv6(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
@@ -366,11 +524,13 @@ impl Forwarder {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         let seen = frame::inspect_v6(ip);
-        if let Err(r) = self.admit(seen, now) {
-            return Verdict::Drop(r);
-        }
+        let hold = match self.admit(seen, now) {
+            Ok(hold) => hold,
+            Err(r) => return Verdict::Drop(r),
+        };
         f[l3 + 7] -= 1;
-        self.send_to_neighbour(f, side, dst, now, out)
+        let v = self.send_to_neighbour(f, side, dst, now, out);
+        self.hold_first_reply(v, f, hold, now)
     }
 
     fn arp(&mut self, f: &[u8], l3: usize, out: &mut Vec<Vec<u8>>) {
@@ -471,6 +631,8 @@ impl Forwarder {
     /// Asks again for neighbours still unresolved, and gives up (dropping what they held)
     /// after the configured tries. Call it a few times a second.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        self.release(now, out);
+        self.resync(now);
         let mut again = Vec::new();
         let mut dropped = 0u64;
         let limits = self.limits;

@@ -9,5 +9,6 @@ pub mod frame;
 pub mod loader;
 pub mod policy;
 pub mod port;
+pub mod sync;
 
 pub use error::{LoadError, PortError};

@@ -424,3 +424,39 @@ impl Member {
         ))
     }
 }
+
+/// The sync link's fault injector: `sync_loss` on an interface, dropping a share of the
+/// HyperSync frames it receives. Dropping it detaches the program.
+pub struct FaultInjector {
+    ebpf: Ebpf,
+}
+
+impl FaultInjector {
+    /// Attaches to `iface` (in the calling thread's namespace), dropping `per_million`
+    /// sync frames in a million.
+    pub fn attach(iface: &str, per_million: u32) -> Result<Self, LoadError> {
+        let mut ebpf = load_object()?;
+        {
+            let mut conf: Array<&mut MapData, u32> =
+                map(&mut ebpf, baton_common::fault::FAULT_CONF)?;
+            conf.set(0, per_million, 0)?;
+        }
+        attach(
+            &mut ebpf,
+            baton_common::fault::SYNC_LOSS,
+            iface,
+            XdpMode::Driver,
+        )?;
+        Ok(Self { ebpf })
+    }
+
+    /// (sync frames dropped, sync frames passed).
+    pub fn stats(&self) -> Result<(u64, u64), LoadError> {
+        let c = sum_counters(
+            &self.ebpf,
+            baton_common::fault::FAULT_STATS,
+            &["dropped", "passed"],
+        )?;
+        Ok((c[0].1, c[1].1))
+    }
+}

@@ -75,6 +75,10 @@ pub trait FrameHandler {
     fn connections(&self) -> usize {
         0
     }
+    /// Frames are held that `tick` may release soon (it is then called every millisecond).
+    fn holding(&self) -> bool {
+        false
+    }
     fn policy_version(&self) -> u64 {
         0
     }
@@ -96,6 +100,9 @@ impl FrameHandler for Forwarder {
     }
     fn connections(&self) -> usize {
         self.connections().len()
+    }
+    fn holding(&self) -> bool {
+        Forwarder::holding(self) > 0
     }
     fn policy_version(&self) -> u64 {
         self.policy().version
@@ -126,6 +133,7 @@ pub trait BatchProcessor {
     fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>);
     fn dropped_held(&self) -> [u64; DropReason::COUNT];
     fn connections(&self) -> usize;
+    fn holding(&self) -> bool;
     fn policy_version(&self) -> u64;
     fn set_policy(&mut self, policy: Arc<Policy>) -> usize;
     /// Changes the number of workers, keeping every connection; returns how many
@@ -158,6 +166,9 @@ impl<H: FrameHandler> BatchProcessor for H {
     }
     fn connections(&self) -> usize {
         FrameHandler::connections(self)
+    }
+    fn holding(&self) -> bool {
+        FrameHandler::holding(self)
     }
     fn policy_version(&self) -> u64 {
         FrameHandler::policy_version(self)
@@ -245,23 +256,27 @@ fn busy_poll(fd: i32, budget: u32) -> Result<(), PortError> {
 }
 
 /// One AF_XDP socket on one queue, with its own UMEM and rings; owned by the port thread.
-struct QueueSocket {
+pub(crate) struct QueueSocket {
     queue: u32,
-    umem: Umem,
+    pub(crate) umem: Umem,
     tx: TxQueue,
     rx: RxQueue,
     fq: FillQueue,
     cq: CompQueue,
     /// Frames free for sending what we originate.
     free: Vec<FrameDesc>,
-    batch: Vec<FrameDesc>,
+    pub(crate) batch: Vec<FrameDesc>,
     comp: Vec<FrameDesc>,
     send: Vec<FrameDesc>,
-    recycle: Vec<FrameDesc>,
+    pub(crate) recycle: Vec<FrameDesc>,
 }
 
 impl QueueSocket {
-    fn open(cfg: &PortConfig, queue: u32, member: &mut Member) -> Result<Self, PortError> {
+    pub(crate) fn open(
+        cfg: &PortConfig,
+        queue: u32,
+        member: &mut Member,
+    ) -> Result<Self, PortError> {
         let ring = QueueSize::new(cfg.ring)
             .map_err(|e| PortError::Config(format!("ring size {}: {e}", cfg.ring)))?;
         if cfg.frames < 2 * cfg.ring {
@@ -337,14 +352,14 @@ impl QueueSocket {
     }
 
     /// Takes back the frames the kernel finished sending, then receives a batch.
-    fn receive(&mut self) -> usize {
+    pub(crate) fn receive(&mut self) -> usize {
         let n = unsafe { self.cq.consume(&mut self.comp) };
         self.free.extend_from_slice(&self.comp[..n]);
         unsafe { self.rx.consume(&mut self.batch) }
     }
 
     /// Copies a frame we originate into a free UMEM frame and queues it for sending.
-    fn originate(&mut self, pkt: &[u8]) -> bool {
+    pub(crate) fn originate(&mut self, pkt: &[u8]) -> bool {
         let Some(mut desc) = self.free.pop() else {
             return false;
         };
@@ -363,7 +378,7 @@ impl QueueSocket {
 
     /// Sends what is queued, gives received frames back to the fill ring, and keeps the
     /// fill ring stocked from spare free frames. Returns frames that found no TX slot.
-    fn flush(&mut self, ring: usize) -> Result<usize, PortError> {
+    pub(crate) fn flush(&mut self, ring: usize) -> Result<usize, PortError> {
         let mut full = 0;
         if !self.send.is_empty() {
             let sent = unsafe { self.tx.produce_and_wakeup(&self.send)? };
@@ -397,7 +412,7 @@ impl QueueSocket {
 }
 
 /// Waits until one of the sockets has something to receive, or `timeout_ms`.
-fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(), PortError> {
+pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(), PortError> {
     for s in sockets.iter_mut() {
         if s.fq.needs_wakeup() {
             s.fq.wakeup(s.rx.fd_mut(), 0)?;
@@ -458,8 +473,15 @@ pub fn run(
 
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        // Neighbour retries run on time, busy or idle.
-        if now.duration_since(last_tick) >= Duration::from_millis(100) {
+        // Neighbour retries run on time, busy or idle; held first replies are looked at
+        // every millisecond.
+        let holding = fwd.holding();
+        let tick_every = if holding {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        if now.duration_since(last_tick) >= tick_every {
             last_tick = now;
             fwd.tick(now, &mut extra);
         }
@@ -504,7 +526,7 @@ pub fn run(
             }
         }
         if received == 0 && extra.is_empty() {
-            poll_all(&mut sockets, poll_ms)?;
+            poll_all(&mut sockets, if holding { 1 } else { poll_ms })?;
         }
         // Frames we originate leave by the first queue: every queue reaches the same wire.
         for pkt in extra.drain(..) {

@@ -4,6 +4,7 @@ mod demo;
 mod lab;
 mod search;
 mod stat;
+mod sync;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -64,6 +65,12 @@ enum Command {
         /// Worker instances (1..=16).
         count: u32,
     },
+    /// HyperSync: per member and peer, records sent, received, acknowledged,
+    /// retransmitted, lost, resyncs, queue and lag (like `cphaprob syncstat`).
+    Sync {
+        #[command(subcommand)]
+        command: sync::SyncCommand,
+    },
     /// Run the orchestrator daemon.
     Orchestrator {
         #[arg(long)]
@@ -93,6 +100,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Search(args) => search::run(&client, args),
+        Command::Sync { command } => sync::run(&client, command),
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
         Command::Sgm(opts) => daemon::member::run(opts),
     };

@@ -6,7 +6,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -14,16 +14,22 @@ use std::{
 use anyhow::Context;
 use baton_control::{
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
-    config::Config,
+    config::{Config, GroupConfig, Role},
     membership::MemberState,
+    search,
 };
 use baton_dataplane::{
-    conntrack::{ConnTable, Timeouts},
+    conntrack::{ConnTable, FlowKey, Timeouts},
     dispatch::{Dispatcher, MakeForwarder, WorkerStats, WORKERS_MAX},
     forward::{DropReason, Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
     port::{self, Control, PortConfig, PortStats, QUEUES_MAX},
+    sync::{
+        engine::{Engine, SyncReport},
+        proto::{self, Endpoint, GroupKey},
+        tap::{Bucketer, Outbound, SyncTap},
+    },
 };
 
 /// `baton sgm`'s options.
@@ -71,6 +77,79 @@ pub struct Options {
     /// Busy-poll the queue with this budget (needs a dedicated core).
     #[arg(long)]
     pub busy_poll: Option<u32>,
+    /// The member's sync port (HyperSync frames to and from the other members).
+    #[arg(long, default_value = "sync0")]
+    pub sync_port: String,
+    /// Longest a connection's first reply waits for the backup's acknowledgement (ms).
+    #[arg(long, default_value_t = 100)]
+    pub sync_hold_ms: u64,
+}
+
+/// HyperSync's parts in a member: the tap its workers write to, and what the sync thread
+/// needs.
+struct SyncSetup {
+    tap: Arc<SyncTap>,
+    records: crossbeam_channel::Receiver<Outbound>,
+    key: GroupKey,
+    mac: [u8; 6],
+}
+
+fn sync_setup(opts: &Options, group: &GroupConfig) -> anyhow::Result<Option<SyncSetup>> {
+    if !group.sync {
+        tracing::info!(group = group.id, "HyperSync is off for this group");
+        return Ok(None);
+    }
+    let path = group.sync_key_file.as_ref().with_context(|| {
+        format!(
+            "group {} has sync on but no sync_key_file (64 hex digits) in its configuration",
+            group.id
+        )
+    })?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the sync key {}", path.display()))?;
+    let text = text.trim();
+    let mut key = [0u8; 32];
+    if text.len() != 64 || !text.is_ascii() {
+        anyhow::bail!("the sync key {} must be 64 hex digits", path.display());
+    }
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("the sync key {} must be 64 hex digits", path.display()))?;
+    }
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{}/address", opts.sync_port))
+        .with_context(|| format!("sync port {} not found", opts.sync_port))?;
+    let mac = ccp::parse_mac(&mac_text)
+        .with_context(|| format!("sync port {}: bad MAC {mac_text:?}", opts.sync_port))?;
+    let (tap, records) = SyncTap::new(
+        1 << 16,
+        opts.table_size,
+        Duration::from_millis(opts.sync_hold_ms),
+        bucketer(group),
+    );
+    Ok(Some(SyncSetup {
+        tap,
+        records,
+        key: GroupKey(key),
+        mac,
+    }))
+}
+
+/// The flow hash `distribute` gives a connection: keyed as its external uplink sees it,
+/// the external host as the source.
+fn bucketer(group: &GroupConfig) -> Bucketer {
+    let key = group.key_for(Role::External);
+    let external = group.sides()[Role::External.index()].prefixes.clone();
+    Arc::new(move |k: &FlowKey| {
+        let (lo, hi) = k.addresses();
+        let (lo_port, hi_port) = k.ports();
+        let lo_outside = external.iter().any(|p| p.contains(&lo));
+        let (src, dst, sport, dport) = if lo_outside {
+            (lo, hi, lo_port, hi_port)
+        } else {
+            (hi, lo, hi_port, lo_port)
+        };
+        search::packet_hash(key, src, dst, k.proto(), sport, dport)
+    })
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
@@ -88,6 +167,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         })?
         .clone();
+    let sync = sync_setup(&opts, &group)?;
     let mut programs = Member::load()?;
     programs.attach_steer(&opts.data_port, config.orchestrator.xdp_driver_mode)?;
 
@@ -104,13 +184,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let workers = opts.workers.clamp(1, WORKERS_MAX);
     let make: MakeForwarder = {
         let (sides, table_size, policy) = (group.sides(), opts.table_size, policy.clone());
-        Box::new(move |n| {
-            Forwarder::new(
+        let tap = sync.as_ref().map(|s| s.tap.clone());
+        Box::new(move |i, n| {
+            let mut f = Forwarder::new(
                 sides.clone(),
                 NeighbourLimits::default(),
                 ConnTable::new(table_size.div_ceil(n), Timeouts::default()),
                 policy.clone(),
-            )
+            );
+            if let Some(tap) = &tap {
+                f.set_sync(tap.clone(), i);
+            }
+            f
         })
     };
     let (control_tx, control_rx) = crossbeam_channel::bounded(4);
@@ -144,7 +229,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             worker_stats = Some(ws);
             Ok(d)
         } else {
-            Err(make(1))
+            Err(make(0, 1))
         };
         std::thread::Builder::new()
             .name("port0".into())
@@ -179,6 +264,63 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 stop.store(true, Ordering::Release);
                 r
             })?
+    };
+
+    let sync_report = Arc::new(Mutex::new(SyncReport::default()));
+    let (views_tx, views_rx) = crossbeam_channel::bounded(4);
+    let mut sync_mac = None;
+    let sync_thread = match sync {
+        None => None,
+        Some(s) => {
+            sync_mac = Some(
+                s.mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            );
+            let mut sync_programs = Member::load()?;
+            sync_programs.attach_steer(&opts.sync_port, config.orchestrator.xdp_driver_mode)?;
+            let epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            let endpoint = Endpoint::new(
+                proto::Config {
+                    group: group.id,
+                    me: opts.id,
+                    epoch,
+                    ..Default::default()
+                },
+                s.key,
+            );
+            let engine = Engine::new(opts.id, endpoint, s.tap, s.records);
+            let cfg = PortConfig {
+                iface: opts.sync_port.clone(),
+                ..Default::default()
+            };
+            let (report, stop) = (sync_report.clone(), stop.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("sync".into())
+                    .spawn(move || {
+                        let r = baton_dataplane::sync::io::run(
+                            &cfg,
+                            &mut sync_programs,
+                            s.mac,
+                            engine,
+                            views_rx,
+                            report,
+                            stop.clone(),
+                        );
+                        if let Err(e) = &r {
+                            tracing::error!("sync port failed: {e}");
+                        }
+                        // A member that cannot sync must not go on as if it did.
+                        stop.store(true, Ordering::Release);
+                        r
+                    })?,
+            )
+        }
     };
 
     super::raise_priority("ccp");
@@ -266,6 +408,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         .collect(),
                     latency_p50_ns: stats.latency_p50_ns.load(Ordering::Relaxed),
                     latency_p99_ns: stats.latency_p99_ns.load(Ordering::Relaxed),
+                    sync: sync_thread.as_ref().map(|_| {
+                        sync_report
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                    }),
+                    sync_mac: sync_mac.clone(),
                 },
             };
             // The orchestrator may not be up yet: keep trying, never give up.
@@ -280,6 +429,17 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         let _ = control_tx.send(Control::Workers(n));
                     }
                 }
+                if let Some(t) = &ack.table {
+                    match t.view() {
+                        Some(v) if sync_thread.is_some() => {
+                            let _ = views_tx.try_send(v);
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!("malformed bucket table from the orchestrator ignored")
+                        }
+                    }
+                }
                 if ack.state != state {
                     tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, "member state");
                     state = ack.state;
@@ -291,6 +451,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("worker panicked"))?;
     r.context("data port")?;
+    if let Some(t) = sync_thread {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("sync thread panicked"))?
+            .context("sync port")?;
+    }
     tracing::info!("member stopped");
     Ok(())
 }

@@ -20,10 +20,10 @@ use axum::{
 use baton_common::{key, Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
     api::{
-        BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, UplinkStat,
-        WorkersRequest,
+        BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, SyncMemberStat,
+        SyncStat, UplinkStat, WorkersRequest,
     },
-    ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
+    ccp::{self, Heartbeat, HeartbeatAck, MemberReport, SyncPeer, TableUpdate},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
     planner, search,
@@ -53,6 +53,8 @@ struct Shared {
     tables: BTreeMap<u32, Vec<Bucket>>,
     /// Worker counts asked of members (Dynamic Balancing).
     workers: BTreeMap<u32, u32>,
+    /// Bumped at every bucket-table change; members sync by the version they report.
+    table_version: u64,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -143,6 +145,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         uplinks,
         tables,
         workers: BTreeMap::new(),
+        table_version: 1,
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
 
@@ -210,6 +213,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                         state: s.membership.state(hb.member).unwrap_or(MemberState::Down),
                         smo: s.membership.smo(group),
                         workers: s.workers.get(&hb.member).copied(),
+                        table: table_update(&s, hb.member, group),
                     };
                     let _ = sock.send_to(&ccp::encode(&ack), from);
                 }
@@ -255,6 +259,34 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The group's bucket table and sync peers for a member whose copy is out of date (sync
+/// groups only).
+fn table_update(s: &Shared, member: u32, group: u32) -> Option<TableUpdate> {
+    let g = s.config.groups.iter().find(|g| g.id == group)?;
+    if !g.sync {
+        return None;
+    }
+    let (_, report) = s.reports.get(&member)?;
+    let have = report.sync.as_ref().map_or(0, |r| r.table_version);
+    if have == s.table_version {
+        return None;
+    }
+    let peers = s
+        .membership
+        .active(group)
+        .into_iter()
+        .filter_map(|id| {
+            let mac = s.reports.get(&id)?.1.sync_mac.clone()?;
+            Some(SyncPeer { id, mac })
+        })
+        .collect();
+    Some(TableUpdate::new(
+        s.table_version,
+        s.tables.get(&group)?,
+        peers,
+    ))
+}
+
 fn replan(
     s: &mut Shared,
     member: u32,
@@ -273,6 +305,7 @@ fn replan(
     let table = next(current, &s.membership.active(group));
     s.programs.install_buckets(g.slot(), &table)?;
     s.tables.insert(group, table);
+    s.table_version += 1;
     Ok(())
 }
 
@@ -293,6 +326,7 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
         .route("/v1/stat", get(stat))
         .route("/v1/search", get(search_bucket))
         .route("/v1/buckets", get(buckets))
+        .route("/v1/sync", get(sync_stat))
         .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
         .route("/v1/members/{id}/detach", axum::routing::post(detach))
         .route("/v1/members/{id}/attach", axum::routing::post(attach))
@@ -352,7 +386,10 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                 tx_packets: report.tx_packets,
                 drops: report.drops,
                 connections: report.connections,
-                backup_connections: report.backup_connections,
+                backup_connections: report
+                    .sync
+                    .as_ref()
+                    .map_or(report.backup_connections, |r| r.backup_connections),
                 policy_version: report.policy_version,
                 to_member_packets: xdp.to_member_packets,
                 from_member_packets: xdp.from_member_packets,
@@ -410,6 +447,30 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         uplinks,
         events,
     }))
+}
+
+/// HyperSync figures as the members last reported them.
+async fn sync_stat(State(shared): State<SharedRef>) -> Json<SyncStat> {
+    let s = shared.lock().unwrap();
+    let members = s
+        .config
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter())
+        .map(|m| {
+            let sync = s
+                .reports
+                .get(&m.id)
+                .and_then(|(_, r)| r.sync.clone())
+                .unwrap_or_default();
+            SyncMemberStat {
+                id: m.id,
+                state: s.membership.state(m.id).unwrap_or(MemberState::Down),
+                sync,
+            }
+        })
+        .collect();
+    Json(SyncStat { members })
 }
 
 /// Takes a member out of service administratively: its buckets switch to their backups

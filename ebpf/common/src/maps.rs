@@ -237,6 +237,13 @@ pub mod bench {
     pub const GENERATE: &str = "generate";
 }
 
+/// The sync link's fault injector (tests).
+pub mod fault {
+    pub const FAULT_CONF: &str = "FAULT_CONF";
+    pub const FAULT_STATS: &str = "FAULT_STATS";
+    pub const SYNC_LOSS: &str = "sync_loss";
+}
+
 /// Settings of the `generate` program: each frame gets flow number `seq mod flows`, written
 /// as the low 16 bits of the source address (at `addr_off`) and, above 65536 flows, the
 /// source port (at `port_off`).

@@ -6,6 +6,7 @@
 mod bench;
 mod distribute;
 mod egress;
+mod fault;
 mod maps;
 mod parse;
 mod steer;

@@ -1,0 +1,319 @@
+//! A member's sync thread, without I/O: routes its workers' records to each bucket's
+//! backup through the reliable [`Endpoint`], installs the records it receives in the
+//! backup store, publishes the acknowledgement watermarks that release held first replies,
+//! and starts bulk resyncs when backups change or a stream had to be resynced.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::Receiver;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    proto::{Endpoint, Event, LinkStats, Record},
+    tap::{Outbound, SyncTap, SLOTS},
+};
+use crate::conntrack::{Connection, FlowKey};
+
+/// The bucket table as a member needs it, from the orchestrator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub version: u64,
+    /// (active, backup) of each bucket; 0 for none. A power of two long.
+    pub buckets: Vec<(u32, u32)>,
+    /// The group's other members that sync, with their sync port's MAC.
+    pub peers: Vec<(u32, [u8; 6])>,
+}
+
+/// Sync figures of one peer, for `baton sync stat`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerReport {
+    pub id: u32,
+    #[serde(flatten)]
+    pub link: LinkStats,
+}
+
+/// A member's sync figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncReport {
+    pub peers: Vec<PeerReport>,
+    /// Copies held for other members.
+    pub backup_connections: u64,
+    /// The bucket-table version the member syncs by.
+    pub table_version: u64,
+    /// Frames dropped: not authentic, replayed, from a host that is not a member, garbage.
+    pub auth_failed: u64,
+    pub replayed: u64,
+    pub unknown_peer: u64,
+    pub malformed: u64,
+    /// First replies released on the backup's acknowledgement / on the hold limit.
+    pub held: u64,
+    pub hold_timeouts: u64,
+    /// Connections taken over from the backup store after a failover.
+    pub taken_over: u64,
+    /// Records lost between workers and the sync thread (channel full).
+    pub channel_full: u64,
+}
+
+pub struct Engine {
+    me: u32,
+    endpoint: Endpoint,
+    tap: Arc<SyncTap>,
+    records: Receiver<Outbound>,
+    view: Option<View>,
+    macs: BTreeMap<u32, [u8; 6]>,
+    /// Per worker slot: records pushed and not yet acknowledged, and the last ticket seen.
+    outstanding: Vec<VecDeque<(u32, u64, u64)>>,
+    last_ticket: [u64; SLOTS],
+    last_expiry: Instant,
+}
+
+/// Records taken from the channel per step, so receiving keeps its turn.
+const DRAIN_MAX: usize = 8192;
+
+impl Engine {
+    pub fn new(
+        me: u32,
+        endpoint: Endpoint,
+        tap: Arc<SyncTap>,
+        records: Receiver<Outbound>,
+    ) -> Self {
+        Self {
+            me,
+            endpoint,
+            tap,
+            records,
+            view: None,
+            macs: BTreeMap::new(),
+            outstanding: vec![VecDeque::new(); SLOTS],
+            last_ticket: [0; SLOTS],
+            last_expiry: Instant::now(),
+        }
+    }
+
+    pub fn view(&self) -> Option<&View> {
+        self.view.as_ref()
+    }
+
+    fn bucket(&self, view: &View, key: &FlowKey) -> (u32, u32) {
+        let mask = view.buckets.len() as u32 - 1;
+        view.buckets[((self.tap.bucketer)(key) & mask) as usize]
+    }
+
+    /// A new bucket table: peers change, and connections whose backup changed are sent to
+    /// their new backup (bulk sync), from the workers' tables and from the copies this
+    /// member took over.
+    pub fn set_view(&mut self, view: View, now: Instant) {
+        if view.buckets.is_empty() || !view.buckets.len().is_power_of_two() {
+            tracing::warn!(
+                len = view.buckets.len(),
+                "bucket table ignored: not a power of two"
+            );
+            return;
+        }
+        let peers: Vec<u32> = view
+            .peers
+            .iter()
+            .map(|p| p.0)
+            .filter(|p| *p != self.me)
+            .collect();
+        self.endpoint.set_peers(&peers);
+        self.macs = view.peers.iter().copied().collect();
+        let me = self.me;
+        let old = self.view.take();
+        let changed: Vec<bool> = view
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &(active, backup))| {
+                let before = old
+                    .as_ref()
+                    .filter(|o| o.buckets.len() == view.buckets.len())
+                    .map(|o| o.buckets[i]);
+                active == me && backup != 0 && before != Some((active, backup))
+            })
+            .collect();
+        let mask = view.buckets.len() as u32 - 1;
+        let moved = changed.iter().filter(|c| **c).count();
+        if moved > 0 {
+            self.tap.request_resync(changed.clone(), mask);
+        }
+        // Copies of buckets this member now owns go to those buckets' backups; copies of
+        // buckets it neither owns nor backs up are dropped.
+        let bucketer = self.tap.bucketer.clone();
+        let of = |k: &FlowKey| view.buckets[(bucketer(k) & mask) as usize];
+        let (records, dropped) = {
+            let mut store = self.tap.store.lock().unwrap_or_else(|e| e.into_inner());
+            let records = store.records_where(now, |k| changed[(bucketer(k) & mask) as usize]);
+            let dropped = store.remove_where(|k| {
+                let (a, b) = of(k);
+                a != me && b != me
+            });
+            (records, dropped)
+        };
+        tracing::info!(
+            version = view.version,
+            peers = ?peers,
+            buckets_to_resync = moved,
+            copies_resent = records.len(),
+            copies_dropped = dropped,
+            "bucket table"
+        );
+        self.view = Some(view);
+        for r in records {
+            self.route(&r, now);
+        }
+    }
+
+    /// Pushes a record to its bucket's backup; returns where it went.
+    fn route(&mut self, rec: &Record, now: Instant) -> Option<(u32, u64)> {
+        let view = self.view.as_ref()?;
+        let (conn_key, _) = Connection::decode(rec, 0).map(|(op, c)| (c.key, op))?;
+        let (_, backup) = self.bucket(view, &conn_key);
+        if backup == 0 || backup == self.me || !self.macs.contains_key(&backup) {
+            return None;
+        }
+        self.endpoint
+            .push(backup, rec, now)
+            .map(|seq| (backup, seq))
+    }
+
+    /// Takes the workers' records and pushes them to their backups.
+    pub fn drain_records(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while n < DRAIN_MAX {
+            let Ok(o) = self.records.try_recv() else {
+                break;
+            };
+            n += 1;
+            let slot = o.slot as usize % SLOTS;
+            self.last_ticket[slot] = o.ticket;
+            if let Some((peer, seq)) = self.route(&o.record, now) {
+                self.outstanding[slot].push_back((peer, seq, o.ticket));
+            }
+        }
+        n
+    }
+
+    /// One frame from the sync port (the bytes after the Ethernet header).
+    pub fn on_frame(&mut self, payload: &[u8], now: Instant) {
+        let delivered = self.endpoint.receive(payload, now);
+        if delivered.is_empty() {
+            return;
+        }
+        let mut store = self.tap.store.lock().unwrap_or_else(|e| e.into_inner());
+        for (from, rec) in delivered {
+            store.apply(from, &rec, now);
+        }
+    }
+
+    /// Frames to send now, each with its destination MAC; also publishes watermarks,
+    /// reacts to stream events and ages the backup store.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<([u8; 6], Vec<u8>)>) {
+        let mut frames = Vec::new();
+        self.endpoint.poll(now, &mut frames);
+        for (peer, payload) in frames {
+            if let Some(mac) = self.macs.get(&peer) {
+                out.push((*mac, payload));
+            }
+        }
+        for e in self.endpoint.events() {
+            match e {
+                Event::ResyncNeeded(peer) => self.resync_peer(peer, now),
+                Event::PeerRestarted(peer) => tracing::info!(peer, "sync peer restarted"),
+            }
+        }
+        for slot in 0..SLOTS {
+            let q = &mut self.outstanding[slot];
+            while let Some(&(peer, seq, _)) = q.front() {
+                // A peer that left acknowledges nothing any more: its records are moot.
+                if self.endpoint.acked(peer) >= seq || !self.macs.contains_key(&peer) {
+                    q.pop_front();
+                } else {
+                    break;
+                }
+            }
+            let mark = q.front().map_or(self.last_ticket[slot], |&(_, _, t)| t - 1);
+            self.tap.set_watermark(slot, mark);
+        }
+        if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(1) {
+            self.last_expiry = now;
+            self.tap
+                .store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expire(now);
+        }
+    }
+
+    /// The stream to `peer` lost records: everything it backs up for this member goes
+    /// again.
+    fn resync_peer(&mut self, peer: u32, now: Instant) {
+        let Some(view) = self.view.as_ref() else {
+            return;
+        };
+        let me = self.me;
+        let marked: Vec<bool> = view
+            .buckets
+            .iter()
+            .map(|&(a, b)| a == me && b == peer)
+            .collect();
+        let mask = view.buckets.len() as u32 - 1;
+        let bucketer = self.tap.bucketer.clone();
+        let records = self
+            .tap
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records_where(now, |k| marked[(bucketer(k) & mask) as usize]);
+        tracing::warn!(
+            peer,
+            copies = records.len(),
+            "sync stream resynced: bulk resend"
+        );
+        self.tap.request_resync(marked, mask);
+        for r in records {
+            self.route(&r, now);
+        }
+    }
+
+    /// When `poll` should run again at the latest.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.endpoint.next_deadline()
+    }
+
+    pub fn report(&self) -> SyncReport {
+        let c = self.endpoint.counters();
+        let t = &self.tap.stats;
+        SyncReport {
+            peers: self
+                .macs
+                .keys()
+                .filter(|p| **p != self.me)
+                .filter_map(|p| {
+                    self.endpoint
+                        .stats(*p)
+                        .map(|link| PeerReport { id: *p, link })
+                })
+                .collect(),
+            backup_connections: self
+                .tap
+                .store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64,
+            table_version: self.view.as_ref().map_or(0, |v| v.version),
+            auth_failed: c.auth_failed,
+            replayed: c.replayed,
+            unknown_peer: c.unknown_peer + c.wrong_dst,
+            malformed: c.malformed,
+            held: t.held.load(Ordering::Relaxed),
+            hold_timeouts: t.hold_timeouts.load(Ordering::Relaxed),
+            taken_over: t.taken_over.load(Ordering::Relaxed),
+            channel_full: t.channel_full.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The sync thread's I/O: one AF_XDP socket on the member's sync port (raw frames of
+//! EtherType 0x88B5, nothing else), driving the [`Engine`].
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::Receiver;
+
+use super::{
+    engine::{Engine, SyncReport, View},
+    proto::ETHERTYPE,
+};
+use crate::{
+    error::PortError,
+    loader::Member,
+    port::{poll_all, PortConfig, QueueSocket},
+};
+
+/// Runs the sync port until `stop`: frames in → engine → frames out, new bucket tables
+/// from `views`, figures published to `report` a few times a second.
+pub fn run(
+    cfg: &PortConfig,
+    member: &mut Member,
+    mac: [u8; 6],
+    mut engine: Engine,
+    views: Receiver<View>,
+    report: Arc<Mutex<SyncReport>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), PortError> {
+    let mut sockets = vec![QueueSocket::open(cfg, cfg.queue, member)?];
+    tracing::info!(iface = %cfg.iface, "sync port up");
+    let mut out: Vec<([u8; 6], Vec<u8>)> = Vec::new();
+    let mut frame = Vec::with_capacity(2048);
+    let mut last_report = Instant::now();
+    let mut not_sync = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        while let Ok(view) = views.try_recv() {
+            engine.set_view(view, now);
+        }
+        let sock = &mut sockets[0];
+        let n = sock.receive();
+        for desc in sock.batch[..n].iter() {
+            // SAFETY: received frames are ours until recycled below.
+            let data = unsafe { sock.umem.data(desc) };
+            let f = data.contents();
+            if f.len() >= 14 && u16::from_be_bytes([f[12], f[13]]) == ETHERTYPE {
+                engine.on_frame(&f[14..], now);
+            } else {
+                not_sync += 1;
+            }
+        }
+        let batch: Vec<_> = sock.batch[..n].to_vec();
+        sock.recycle.extend_from_slice(&batch);
+        let drained = engine.drain_records(now);
+        engine.poll(now, &mut out);
+        let sent = out.len();
+        for (dst, payload) in out.drain(..) {
+            frame.clear();
+            frame.extend_from_slice(&dst);
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+            frame.extend_from_slice(&payload);
+            if !sock.originate(&frame) {
+                // No free frame: the protocol retransmits what did not leave.
+                break;
+            }
+        }
+        sock.flush(cfg.ring as usize)?;
+        if now.duration_since(last_report) >= Duration::from_millis(50) {
+            last_report = now;
+            *report.lock().unwrap_or_else(|e| e.into_inner()) = engine.report();
+            if not_sync > 0 {
+                tracing::debug!(
+                    frames = not_sync,
+                    "frames on the sync port that are not sync frames"
+                );
+            }
+        }
+        if n == 0 && drained == 0 && sent == 0 {
+            poll_all(&mut sockets, 1)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! What workers share with their member's sync thread: the channel their connection
+//! changes go out by, the acknowledgement watermark that releases a connection's first
+//! reply, the backup store they take over connections from, and the bulk-resync requests.
+//!
+//! Tickets: each worker slot numbers its records 1, 2, 3… and sends them in order on one
+//! channel, so per slot the sync thread sees them in order; it publishes per slot the
+//! highest ticket below which every record was acknowledged by its backup (or needed
+//! none). A worker holding a frame for ticket T releases it once the watermark reaches T.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
+};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::store::BackupStore;
+use crate::conntrack::{FlowKey, RECORD_BYTES};
+
+/// Worker slots (as many as a member runs workers).
+pub const SLOTS: usize = crate::dispatch::WORKERS_MAX;
+
+/// A record on its way to the sync thread.
+pub struct Outbound {
+    pub slot: u8,
+    pub ticket: u64,
+    pub record: [u8; RECORD_BYTES],
+}
+
+/// The flow hash of a connection, as the orchestrator's `distribute` computes it.
+pub type Bucketer = Arc<dyn Fn(&FlowKey) -> u32 + Send + Sync>;
+
+/// Which connections a bulk resync re-sends: those in the marked buckets.
+pub struct Resync {
+    pub generation: u64,
+    pub mask: u32,
+    pub buckets: Vec<bool>,
+}
+
+impl Resync {
+    pub fn wants(&self, bucketer: &Bucketer, key: &FlowKey) -> bool {
+        self.buckets
+            .get((bucketer(key) & self.mask) as usize)
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TapStats {
+    /// Records the channel had no room for (the backup misses them until the next
+    /// refresh or resync).
+    pub channel_full: AtomicU64,
+    /// First replies held until the backup acknowledged, and released.
+    pub held: AtomicU64,
+    /// Held first replies released without an acknowledgement (the backup did not answer
+    /// within the hold limit).
+    pub hold_timeouts: AtomicU64,
+    /// Connections taken over from the backup store.
+    pub taken_over: AtomicU64,
+}
+
+pub struct SyncTap {
+    tx: Sender<Outbound>,
+    next: [AtomicU64; SLOTS],
+    watermark: [AtomicU64; SLOTS],
+    pub store: Mutex<BackupStore>,
+    pub stats: TapStats,
+    /// Longest a first reply waits for the backup's acknowledgement.
+    pub hold_max: Duration,
+    pub bucketer: Bucketer,
+    resync: RwLock<Option<Arc<Resync>>>,
+}
+
+impl SyncTap {
+    /// A tap and the receiving end of its record channel (for the sync thread).
+    pub fn new(
+        channel: usize,
+        store_capacity: usize,
+        hold_max: Duration,
+        bucketer: Bucketer,
+    ) -> (Arc<Self>, Receiver<Outbound>) {
+        let (tx, rx) = crossbeam_channel::bounded(channel);
+        (
+            Arc::new(Self {
+                tx,
+                next: Default::default(),
+                watermark: Default::default(),
+                store: Mutex::new(BackupStore::new(store_capacity)),
+                stats: TapStats::default(),
+                hold_max,
+                bucketer,
+                resync: RwLock::new(None),
+            }),
+            rx,
+        )
+    }
+
+    /// Sends a record from worker `slot`; returns its ticket, or None when the channel
+    /// was full (counted).
+    pub fn emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
+        let ticket = self.next[slot].load(Ordering::Relaxed) + 1;
+        match self.tx.try_send(Outbound {
+            slot: slot as u8,
+            ticket,
+            record,
+        }) {
+            Ok(()) => {
+                // Only this slot's worker writes its counter.
+                self.next[slot].store(ticket, Ordering::Relaxed);
+                Some(ticket)
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.channel_full.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Every record of `slot` up to this ticket is safe at its backup.
+    pub fn watermark(&self, slot: usize) -> u64 {
+        self.watermark[slot].load(Ordering::Acquire)
+    }
+
+    pub fn set_watermark(&self, slot: usize, ticket: u64) {
+        self.watermark[slot].store(ticket, Ordering::Release);
+    }
+
+    /// Asks every worker to re-send the connections of the marked buckets.
+    pub fn request_resync(&self, buckets: Vec<bool>, mask: u32) {
+        let mut r = self.resync.write().unwrap_or_else(|e| e.into_inner());
+        let generation = r.as_ref().map_or(0, |r| r.generation) + 1;
+        // A worker may not have seen the previous request yet: keep its buckets too.
+        let mut buckets = buckets;
+        if let Some(prev) = r.as_ref().filter(|p| p.mask == mask) {
+            for (b, p) in buckets.iter_mut().zip(&prev.buckets) {
+                *b |= *p;
+            }
+        }
+        *r = Some(Arc::new(Resync {
+            generation,
+            mask,
+            buckets,
+        }));
+    }
+
+    /// The latest resync request.
+    pub fn resync(&self) -> Option<Arc<Resync>> {
+        self.resync
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
