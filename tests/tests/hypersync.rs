@@ -8,9 +8,10 @@ use std::{
 };
 
 use baton_control::{
-    lab::{NS_EXT, NS_INT},
-    traffic::{tcp_sessions, Pace, Progress, TcpFlow, TcpReport, TrafficError},
+    lab::{NS_EXT, NS_INT, NS_ORCH},
+    traffic::{in_netns, join, tcp_sessions, Pace, Progress, TcpFlow, TcpReport, TrafficError},
 };
+use baton_dataplane::loader::FaultInjector;
 use baton_tests::*;
 use serde_json::Value;
 
@@ -40,16 +41,6 @@ pub fn sync_json() -> Value {
     serde_json::from_str(&baton_ok(&["sync", "stat", "--json"])).expect("sync stat --json")
 }
 
-/// Copies all members hold for others.
-fn copies(s: &Value) -> u64 {
-    s["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["backup_connections"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 struct Outcome {
     results: Vec<Result<TcpReport, TrafficError>>,
     victim_connections: u64,
@@ -65,20 +56,60 @@ impl Outcome {
     }
 }
 
-/// Runs the sessions, kills `victim` (every process of its namespace) once all are
-/// established and synced, and waits for every connection to end.
-fn kill_mid_transfer(victim: u32, port: u16, synced: bool) -> Outcome {
+/// Copies held by members still active.
+fn live_copies(s: &Value) -> u64 {
+    s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["state"] == "active")
+        .map(|m| m["backup_connections"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Waits until every connection has a copy at a live backup and no stream has anything
+/// unacknowledged; panics after `limit`.
+fn wait_synced(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = sync_json();
+        let idle =
+            s["members"].as_array().unwrap().iter().all(|m| {
+                m["state"] != "active"
+                    || m["peers"].as_array().unwrap().iter().all(|p| {
+                        p["queue"].as_u64() == Some(0) || p["lag_ms"].as_f64() < Some(50.0)
+                    })
+            });
+        if live_copies(&s) >= SESSIONS && idle {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not synced within {limit:?}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the sessions for `rounds` chunks each and kills `victims` in turn (every process
+/// of the member's namespace) once all connections are established and, with sync, each
+/// has a copy at its backup; waits for every connection to end.
+fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64) -> Outcome {
     let progress = Arc::new(Progress::default());
     let runner = {
         let progress = progress.clone();
+        let mut flows = flows(port);
+        for f in flows.iter_mut() {
+            f.bytes = PACE.chunk as u64 * rounds;
+        }
         std::thread::spawn(move || {
             tcp_sessions(
                 NS_EXT,
                 NS_INT,
-                &flows(port),
+                &flows,
                 PACE,
                 STALL_LIMIT,
-                Duration::from_secs(60),
+                Duration::from_secs(90),
                 progress,
             )
         })
@@ -94,24 +125,26 @@ fn kill_mid_transfer(victim: u32, port: u16, synced: bool) -> Outcome {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    if synced {
-        // Each connection has a copy at its backup before the kill.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while copies(&sync_json()) < SESSIONS && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+    let mut victim_connections = 0;
+    for victim in victims {
+        if synced {
+            wait_synced(Duration::from_secs(10));
         }
-        assert!(
-            copies(&sync_json()) >= SESSIONS,
-            "copies before the kill: {}",
-            sync_json()
-        );
+        let before = stat_json();
+        victim_connections += member_field(&before, "connections")
+            .into_iter()
+            .find(|(id, _)| *id == *victim as u64)
+            .map_or(0, |(_, c)| c);
+        kill_ns(&format!("bt-sgm{victim}"));
+        // Down, and its buckets with their backups.
+        wait_stat(Duration::from_secs(2), |s| {
+            s["groups"][0]["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == *victim && m["state"] == "down")
+        });
     }
-    let before = stat_json();
-    let victim_connections = member_field(&before, "connections")
-        .into_iter()
-        .find(|(id, _)| *id == victim as u64)
-        .map_or(0, |(_, c)| c);
-    kill_ns(&format!("bt-sgm{victim}"));
     let results = runner
         .join()
         .expect("sessions thread")
@@ -161,7 +194,7 @@ fn assert_hitless(o: &Outcome, victim: u32) {
 #[test]
 fn connections_survive_the_kill_of_a_member() {
     let _lab = Lab::up(3);
-    let o = kill_mid_transfer(2, 21000, true);
+    let o = kill_mid_transfer(&[2], 21000, true, ROUNDS);
     assert_hitless(&o, 2);
     let longest = o
         .results
@@ -177,7 +210,7 @@ fn connections_survive_the_kill_of_a_member() {
 #[test]
 fn connections_survive_the_kill_of_the_smo_master() {
     let _lab = Lab::up(3);
-    let o = kill_mid_transfer(1, 22000, true);
+    let o = kill_mid_transfer(&[1], 22000, true, ROUNDS);
     assert_hitless(&o, 1);
     let stat = stat_json();
     assert_eq!(stat["groups"][0]["smo"], 2, "member 2 is the new master");
@@ -188,7 +221,7 @@ fn connections_survive_the_kill_of_the_smo_master() {
 #[test]
 fn without_sync_the_dead_members_connections_are_lost() {
     let _lab = Lab::up_with(&["--sgms", "3", "--no-sync"]);
-    let o = kill_mid_transfer(2, 23000, false);
+    let o = kill_mid_transfer(&[2], 23000, false, ROUNDS);
     let lost = o.lost().len() as u64;
     assert!(
         o.victim_connections >= 20,
@@ -205,4 +238,271 @@ fn without_sync_the_dead_members_connections_are_lost() {
         "{lost} lost: more than the victim carried ({})",
         o.victim_connections
     );
+}
+
+/// 5% of the sync frames dropped at random (in both directions, by our own XDP fault
+/// injector on the bridge ports): the protocol retransmits and the failover still loses
+/// nothing.
+#[test]
+fn connections_survive_with_loss_on_the_sync_link() {
+    let _lab = Lab::up(3);
+    let injectors: Vec<FaultInjector> = (1..=3)
+        .map(|k| {
+            join(in_netns(NS_ORCH, move || {
+                FaultInjector::attach(&format!("sy-sgm{k}"), 50_000).map_err(|e| TrafficError::Io {
+                    what: format!("fault injector on sy-sgm{k}"),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }))
+            .expect("fault injector attached")
+        })
+        .collect();
+    let o = kill_mid_transfer(&[2], 24000, true, ROUNDS);
+    assert_hitless(&o, 2);
+    let dropped: u64 = injectors.iter().map(|i| i.stats().unwrap().0).sum();
+    let passed: u64 = injectors.iter().map(|i| i.stats().unwrap().1).sum();
+    assert!(
+        dropped > 0 && dropped * 100 < passed * 10,
+        "the injector dropped {dropped} of {} sync frames",
+        dropped + passed
+    );
+    let retransmitted: u64 = o.sync_after["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["peers"].as_array().unwrap().iter())
+        .map(|p| p["retransmitted"].as_u64().unwrap())
+        .sum();
+    assert!(retransmitted > 0, "no retransmission: {}", o.sync_after);
+    let lost: u64 = o.sync_after["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["peers"].as_array().unwrap().iter())
+        .map(|p| p["lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, 0, "{}", o.sync_after);
+    eprintln!(
+        "sync frames dropped {dropped} of {}; records retransmitted {retransmitted}",
+        dropped + passed
+    );
+}
+
+/// A second member dies after the first failover resynced the moved buckets to their new
+/// backups: every connection still completes, now all on the last member.
+#[test]
+fn connections_survive_a_second_failure_after_resync() {
+    let _lab = Lab::up(3);
+    let o = kill_mid_transfer(&[2, 3], 25000, true, 500);
+    let lost = o.lost();
+    assert!(
+        lost.is_empty(),
+        "{} of {SESSIONS} connections lost across two failures, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let stat = stat_json();
+    let conns = member_field(&stat, "connections");
+    assert!(
+        conns.iter().any(|(id, c)| *id == 1 && *c >= SESSIONS),
+        "member 1 carries every connection: {conns:?}"
+    );
+}
+
+/// Sends raw frames out of a bridge port towards a member (from bt-orch).
+fn inject(port: &str, frames: Vec<Vec<u8>>) {
+    let port = port.to_string();
+    join(in_netns(NS_ORCH, move || {
+        let sock = RawSocket::bind(&port);
+        for f in &frames {
+            sock.send(f);
+        }
+        Ok(())
+    }))
+    .expect("inject");
+}
+
+/// Captures, on a bridge port, the first sync frame its member sends to `dst`.
+fn capture_sync_frame(
+    port: &str,
+    dst: [u8; 6],
+) -> std::thread::JoinHandle<Result<Vec<u8>, TrafficError>> {
+    let port = port.to_string();
+    in_netns(NS_ORCH, move || {
+        let sock = RawSocket::bind(&port);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(f) = sock.recv() {
+                if f.len() > 14 && f[..6] == dst && f[12..14] == [0x88, 0xb5] {
+                    return Ok(f);
+                }
+            }
+        }
+        panic!("no sync frame to {dst:02x?} within 5 s");
+    })
+}
+
+fn sync_mac(ns: &str) -> [u8; 6] {
+    let out = in_ns(ns, &["cat", "/sys/class/net/sync0/address"]);
+    baton_control::ccp::parse_mac(&String::from_utf8_lossy(&out.stdout)).expect("sync0 MAC")
+}
+
+/// Frames that are not from a member, are altered, or are replayed are dropped and
+/// counted; the members' streams carry on.
+#[test]
+fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
+    let _lab = Lab::up(2);
+    let mac1 = sync_mac("bt-sgm1");
+    // Some connections, so records flow from member 2 to member 1 (and back).
+    let capture = capture_sync_frame("sy-sgm2", mac1);
+    std::thread::sleep(Duration::from_millis(300));
+    let progress = Arc::new(Progress::default());
+    let runner = std::thread::spawn(move || {
+        tcp_sessions(
+            NS_EXT,
+            NS_INT,
+            &flows(26000)[..40],
+            PACE,
+            STALL_LIMIT,
+            Duration::from_secs(30),
+            progress,
+        )
+    });
+    let genuine = join(capture).expect("capture");
+    let counters = |s: &Value, f: &str| {
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == 1)
+            .map(|m| m[f].as_u64().unwrap())
+            .unwrap()
+    };
+    let before = sync_json();
+    // A copy of a genuine frame, sent again later: a replay.
+    let mut forged = genuine.clone();
+    let last = forged.len() - 20;
+    forged[last] ^= 0x40;
+    // A frame from a host that is not a member (its own source MAC, member id 9).
+    let mut stranger = genuine.clone();
+    stranger[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+    stranger[14 + 6..14 + 10].copy_from_slice(&9u32.to_be_bytes());
+    let mut garbage = genuine[..20].to_vec();
+    garbage[14] = 0xee;
+    std::thread::sleep(Duration::from_millis(200));
+    inject(
+        "sy-sgm1",
+        vec![genuine.clone(), genuine.clone(), forged, stranger, garbage],
+    );
+    let after = wait_for_sync(|s| counters(s, "replayed") >= counters(&before, "replayed") + 2);
+    assert!(
+        counters(&after, "replayed") >= counters(&before, "replayed") + 2,
+        "replays not counted: {after}"
+    );
+    assert!(
+        counters(&after, "auth_failed") > counters(&before, "auth_failed"),
+        "forged frame not counted: {after}"
+    );
+    assert!(
+        counters(&after, "unknown_peer") > counters(&before, "unknown_peer"),
+        "stranger not counted: {after}"
+    );
+    assert!(
+        counters(&after, "malformed") > counters(&before, "malformed"),
+        "garbage not counted: {after}"
+    );
+    // The genuine streams went on: every connection completes.
+    let results = runner.join().unwrap().expect("sessions");
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+fn wait_for_sync(check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = sync_json();
+        if check(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An AF_PACKET socket on one interface (of the calling thread's namespace).
+struct RawSocket(i32);
+
+impl RawSocket {
+    fn bind(iface: &str) -> Self {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let idx = baton_dataplane::loader::ifindex(iface).expect("interface");
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = idx as i32;
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Self(fd)
+    }
+
+    fn send(&self, f: &[u8]) {
+        let n = unsafe { libc::send(self.0, f.as_ptr() as *const libc::c_void, f.len(), 0) };
+        assert_eq!(
+            n,
+            f.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Frames the interface received (not those it sent).
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let n = unsafe {
+            libc::recvfrom(
+                self.0,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+            return None;
+        }
+        buf.truncate(n as usize);
+        Some(buf)
+    }
+}
+
+impl Drop for RawSocket {
+    fn drop(&mut self) {
+        unsafe { libc::close(self.0) };
+    }
 }
