@@ -406,6 +406,22 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
     )
 }
 
+/// Kills (SIGKILL) every process of member `k`'s namespace; returns how many.
+pub fn kill_member(k: u32) -> Result<usize, LabError> {
+    let pids = ip(&["netns", "pids", &ns_sgm(k)])?;
+    let mut n = 0;
+    for p in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) on a pid of the lab's own namespace.
+        if unsafe { libc::kill(p, libc::SIGKILL) } == 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// A new group key: 32 random bytes as hex.
 fn random_key() -> Result<String, LabError> {
     let mut key = [0u8; 32];
