@@ -2,6 +2,7 @@
 //! and the report they write (`target/bench-report/`).
 
 pub mod distributor;
+pub mod hypersync;
 pub mod membership;
 pub mod report;
 pub mod sgm;

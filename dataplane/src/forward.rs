@@ -386,7 +386,7 @@ impl Forwarder {
             .take(&key, now, ms);
         match copy {
             Some(c) if self.conns.take_over(c) => {
-                link.tap.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                link.tap.stats.took_over();
                 true
             }
             _ => false,

@@ -3,7 +3,7 @@
 
 use baton_benches::{
     distributor::{self, Size},
-    membership,
+    hypersync, membership,
     report::{self, Figure},
     sgm,
 };
@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    let all = ["distributor", "sgm", "membership"];
+    let all = ["distributor", "sgm", "membership", "hypersync"];
     for name in &names {
         if !all.contains(name) {
             anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
@@ -87,6 +87,26 @@ fn main() -> anyhow::Result<()> {
                     election.median, election.max, election.samples
                 );
                 vec![detect, election]
+            }
+            "hypersync" => {
+                let records = hypersync::records(if quick { 100_000 } else { 1_000_000 })?;
+                println!(
+                    "sync_records records_per_s={:.0} baseline_encode_per_s={:.0}",
+                    records.median, records.baseline_median
+                );
+                let (gap, stall) = hypersync::failover(if quick { 2 } else { 10 }, 60)?;
+                println!(
+                    "failover_gap median_ms={:.1} max_ms={:.1} configured_dead_ms={:.0} kills={}",
+                    gap.median, gap.max, gap.baseline_median, gap.samples
+                );
+                println!(
+                    "failover_app_stall median_ms={:.0} max_ms={:.0}",
+                    stall.median, stall.max
+                );
+                let (tput, cps) = hypersync::overhead(if quick { 1 } else { 3 }, quick)?;
+                line(&tput);
+                line(&cps);
+                vec![records, gap, stall, tput, cps]
             }
             _ => unreachable!(),
         };

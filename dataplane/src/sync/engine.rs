@@ -54,6 +54,9 @@ pub struct SyncReport {
     pub hold_timeouts: u64,
     /// Connections taken over from the backup store after a failover.
     pub taken_over: u64,
+    /// When the latest burst of takeovers began (wall clock, ns since the Unix epoch).
+    #[serde(default)]
+    pub takeover_burst_ns: u64,
     /// Records lost between workers and the sync thread (channel full).
     pub channel_full: u64,
 }
@@ -313,6 +316,7 @@ impl Engine {
             held: t.held.load(Ordering::Relaxed),
             hold_timeouts: t.hold_timeouts.load(Ordering::Relaxed),
             taken_over: t.taken_over.load(Ordering::Relaxed),
+            takeover_burst_ns: t.takeover_burst_ns.load(Ordering::Relaxed),
             channel_full: t.channel_full.load(Ordering::Relaxed),
         }
     }

@@ -61,6 +61,25 @@ pub struct TapStats {
     pub hold_timeouts: AtomicU64,
     /// Connections taken over from the backup store.
     pub taken_over: AtomicU64,
+    /// Wall-clock time (ns since the Unix epoch) of the first takeover of the latest burst
+    /// (takeovers more than a second apart start a new one): when this member forwarded
+    /// the first packet of a failed member's connections.
+    pub takeover_burst_ns: AtomicU64,
+    pub last_takeover_ns: AtomicU64,
+}
+
+impl TapStats {
+    /// Counts one takeover at the current wall-clock time.
+    pub fn took_over(&self) {
+        self.taken_over.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let last = self.last_takeover_ns.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(last) > 1_000_000_000 {
+            self.takeover_burst_ns.store(now, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct SyncTap {
