@@ -232,23 +232,32 @@ fn missing_pieces_get_one_clear_sentence() {
     let dir = std::env::temp_dir().join("baton-test-config");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("baton.toml");
-    std::fs::write(
-        &cfg,
-        baton_control::lab::config(1, true, baton_control::config::Mode::General, false).to_toml(),
-    )
-    .unwrap();
-    let out = baton(&[
-        "sgm",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--id",
-        "1",
-        "--data-port",
-        "nosuch0",
-    ]);
+    let write_config = |sync: bool| {
+        let c = baton_control::lab::config(1, sync, baton_control::config::Mode::General, false);
+        std::fs::write(&cfg, c.to_toml()).unwrap();
+    };
+    let member = || {
+        baton(&[
+            "sgm",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--id",
+            "1",
+            "--data-port",
+            "nosuch0",
+        ])
+    };
+    write_config(false);
+    let out = member();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
+    // Sync on without the group's key.
+    write_config(true);
+    let out = member();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no sync_key_file"), "{err}");
     // A member that is not configured.
     let out = baton(&["sgm", "--config", cfg.to_str().unwrap(), "--id", "7"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("member 7 is not in any group"));
