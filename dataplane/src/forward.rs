@@ -133,6 +133,12 @@ struct SyncLink {
     resync_generation: u64,
 }
 
+impl Drop for SyncLink {
+    fn drop(&mut self) {
+        self.tap.detach_slot(self.slot);
+    }
+}
+
 /// Limits the ICMP errors a member originates (like the kernel's icmp_ratelimit), so a
 /// flood of expiring packets cannot turn into a flood of errors.
 struct TokenBucket {
@@ -196,6 +202,7 @@ impl Forwarder {
     pub fn set_sync(&mut self, tap: Arc<SyncTap>, slot: usize) {
         self.conns.enable_journal();
         let resync_generation = tap.resync().map_or(0, |r| r.generation);
+        tap.attach_slot(slot, resync_generation);
         self.sync = Some(SyncLink {
             tap,
             slot,
@@ -271,6 +278,7 @@ impl Forwarder {
                 sent += 1;
             }
         }
+        link.tap.mark_applied(link.slot, r.generation);
         tracing::debug!(slot = link.slot, sent, "bulk resync");
     }
 

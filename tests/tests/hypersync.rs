@@ -506,3 +506,95 @@ impl Drop for RawSocket {
         unsafe { libc::close(self.0) };
     }
 }
+
+/// Detaches `member` (it carries nothing), starts the sessions, and attaches it again
+/// once they are established: it joins under traffic and takes buckets that carry live
+/// connections.
+fn join_mid_transfer(
+    member: u32,
+    port: u16,
+    synced: bool,
+) -> (Vec<Result<TcpReport, TrafficError>>, Value) {
+    baton_ok(&["detach", &member.to_string()]);
+    let progress = Arc::new(Progress::default());
+    let runner = {
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            tcp_sessions(
+                NS_EXT,
+                NS_INT,
+                &flows(port),
+                PACE,
+                STALL_LIMIT,
+                Duration::from_secs(90),
+                progress,
+            )
+        })
+    };
+    let start = Instant::now();
+    while progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        < SESSIONS * PACE.chunk as u64 * 10
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "sessions did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if synced {
+        wait_synced(Duration::from_secs(10));
+    }
+    baton_ok(&["attach", &member.to_string()]);
+    let s = wait_stat(Duration::from_secs(15), |s| {
+        s["groups"][0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == member && m["state"] == "active")
+    });
+    let results = runner
+        .join()
+        .expect("sessions thread")
+        .expect("sessions set up");
+    (results, s)
+}
+
+/// A member that (re)joins is first the backup of the buckets it will own and takes them
+/// only once their connections are synced to it: a join under traffic loses nothing.
+#[test]
+fn a_member_joins_under_traffic_without_dropping_connections() {
+    let _lab = Lab::up(3);
+    let (results, _) = join_mid_transfer(3, 27000, true);
+    let lost: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {SESSIONS} connections lost when member 3 joined, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let s = sync_json();
+    let m3 = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 3)
+        .cloned()
+        .unwrap();
+    assert!(
+        m3["taken_over"].as_u64().unwrap() >= 20,
+        "member 3 took over the connections of the buckets it joined with: {m3}"
+    );
+}
+
+/// The negative control of the join: without sync the joining member takes its buckets
+/// at once, and their connections are lost.
+#[test]
+fn without_sync_a_join_drops_the_connections_it_takes() {
+    let _lab = Lab::up_with(&["--sgms", "3", "--no-sync"]);
+    let (results, _) = join_mid_transfer(3, 28000, false);
+    let lost = results.iter().filter(|r| r.is_err()).count();
+    assert!(
+        lost >= 20,
+        "only {lost} connections lost when member 3 joined without sync"
+    );
+}

@@ -55,6 +55,33 @@ struct Shared {
     workers: BTreeMap<u32, u32>,
     /// Bumped at every bucket-table change; members sync by the version they report.
     table_version: u64,
+    /// Members joining a sync group: the table version that made them the backup of the
+    /// buckets they will own, and when. They take those buckets once every active member
+    /// has bulk-synced that version to them.
+    joining: BTreeMap<u32, (u64, Instant)>,
+}
+
+/// Longest a join waits for the bulk sync before the member takes its buckets anyway.
+const JOIN_SYNC_MAX: Duration = Duration::from_secs(10);
+
+impl Shared {
+    /// A member's state as the API shows it: Joining until its bulk sync is done.
+    fn state(&self, id: u32) -> MemberState {
+        match self.membership.state(id) {
+            Some(MemberState::Active) if self.joining.contains_key(&id) => MemberState::Joining,
+            Some(st) => st,
+            None => MemberState::Down,
+        }
+    }
+
+    fn sync_group(&self, member: u32) -> Option<u32> {
+        let group = self.membership.group(member)?;
+        self.config
+            .groups
+            .iter()
+            .any(|g| g.id == group && g.sync)
+            .then_some(group)
+    }
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -146,6 +173,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tables,
         workers: BTreeMap::new(),
         table_version: 1,
+        joining: BTreeMap::new(),
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
 
@@ -206,6 +234,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                     );
                     s.reports.insert(hb.member, (now, hb.report));
                     apply(&mut s, actions)?;
+                    finish_joins(&mut s, now)?;
                     let group = s.membership.group(hb.member).unwrap_or(0);
                     let ack = HeartbeatAck {
                         member: hb.member,
@@ -239,10 +268,29 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
             Action::Activate(id) => {
                 let idx = *s.downlinks.get(&id).context("member without downlink")?;
                 s.programs.add_member_port(id, idx)?;
-                replan(s, id, planner::rebalance)?;
-                tracing::info!(member = id, "member active");
+                let others = s
+                    .membership
+                    .group(id)
+                    .map_or(0, |g| s.membership.active(g).len().saturating_sub(1));
+                if s.sync_group(id).is_some() && others > 0 {
+                    // State before steering: first the member backs up the buckets it
+                    // will own (their active members bulk-sync them to it), then it
+                    // takes them.
+                    replan(s, id, |table, active| {
+                        planner::stage_join(table, active, id)
+                    })?;
+                    s.joining.insert(id, (s.table_version, Instant::now()));
+                    tracing::info!(
+                        member = id,
+                        "member joining: bulk sync of the buckets it will take"
+                    );
+                } else {
+                    replan(s, id, planner::rebalance)?;
+                    tracing::info!(member = id, "member active");
+                }
             }
             Action::Deactivate(id) => {
+                s.joining.remove(&id);
                 // Its buckets switch to their backups; no other bucket changes hands.
                 replan(s, id, |table, active| planner::fail(table, id, active))?;
                 s.programs.remove_member_port(id)?;
@@ -255,6 +303,42 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
                 tracing::info!(group, ?master, "SMO master");
             }
         }
+    }
+    Ok(())
+}
+
+/// Lets joining members take their buckets once every other active member of the group
+/// has bulk-synced the staged table (or after [`JOIN_SYNC_MAX`]).
+fn finish_joins(s: &mut Shared, now: Instant) -> anyhow::Result<()> {
+    let ready: Vec<u32> = s
+        .joining
+        .iter()
+        .filter(|(id, (version, since))| {
+            let Some(group) = s.membership.group(**id) else {
+                return true;
+            };
+            let synced = |m: &u32| {
+                s.reports
+                    .get(m)
+                    .and_then(|(_, r)| r.sync.as_ref())
+                    .is_some_and(|r| r.synced_version >= *version)
+            };
+            let all = s.membership.active(group).iter().all(synced);
+            if !all && now.duration_since(*since) > JOIN_SYNC_MAX {
+                tracing::warn!(
+                    member = id,
+                    "bulk sync not complete in time: the member takes its buckets anyway"
+                );
+                return true;
+            }
+            all
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ready {
+        s.joining.remove(&id);
+        replan(s, id, planner::rebalance)?;
+        tracing::info!(member = id, "member active (bulk sync complete)");
     }
     Ok(())
 }
@@ -380,7 +464,7 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
             };
             members.push(MemberStat {
                 id: m.id,
-                state: s.membership.state(m.id).unwrap_or(MemberState::Down),
+                state: s.state(m.id),
                 smo: smo == Some(m.id),
                 rx_packets: report.rx_packets,
                 tx_packets: report.tx_packets,
@@ -465,7 +549,7 @@ async fn sync_stat(State(shared): State<SharedRef>) -> Json<SyncStat> {
                 .unwrap_or_default();
             SyncMemberStat {
                 id: m.id,
-                state: s.membership.state(m.id).unwrap_or(MemberState::Down),
+                state: s.state(m.id),
                 sync,
             }
         })

@@ -44,6 +44,10 @@ pub struct SyncReport {
     pub backup_connections: u64,
     /// The bucket-table version the member syncs by.
     pub table_version: u64,
+    /// The latest version whose bulk sync (connections sent to their new backups) is
+    /// acknowledged.
+    #[serde(default)]
+    pub synced_version: u64,
     /// Frames dropped: not authentic, replayed, from a host that is not a member, garbage.
     pub auth_failed: u64,
     pub replayed: u64,
@@ -72,6 +76,20 @@ pub struct Engine {
     outstanding: Vec<VecDeque<(u32, u64, u64)>>,
     last_ticket: [u64; SLOTS],
     last_expiry: Instant,
+    /// The bulk sync a bucket-table change started, until its records are acknowledged.
+    pending: Option<PendingSync>,
+    /// The latest table version whose bulk sync is complete.
+    synced_version: u64,
+}
+
+/// A bulk sync in progress: first every worker re-sends what the resync generation asks
+/// for; then everything issued until then must be acknowledged.
+struct PendingSync {
+    version: u64,
+    generation: u64,
+    /// Per slot, the last ticket issued once every worker had re-sent; per peer, the last
+    /// record pushed then.
+    marks: Option<([u64; SLOTS], BTreeMap<u32, u64>)>,
 }
 
 /// Records taken from the channel per step, so receiving keeps its turn.
@@ -94,6 +112,8 @@ impl Engine {
             outstanding: vec![VecDeque::new(); SLOTS],
             last_ticket: [0; SLOTS],
             last_expiry: Instant::now(),
+            pending: None,
+            synced_version: 0,
         }
     }
 
@@ -143,6 +163,18 @@ impl Engine {
         let moved = changed.iter().filter(|c| **c).count();
         if moved > 0 {
             self.tap.request_resync(changed.clone(), mask);
+            let generation = self.tap.resync().map_or(0, |r| r.generation);
+            self.pending = Some(PendingSync {
+                version: view.version,
+                generation,
+                marks: None,
+            });
+        } else if let Some(p) = self.pending.as_mut() {
+            // The resync under way covers this version too (requests accumulate).
+            p.version = view.version;
+            p.marks = None;
+        } else {
+            self.synced_version = view.version;
         }
         // Copies of buckets this member now owns go to those buckets' backups; copies of
         // buckets it neither owns nor backs up are dropped.
@@ -242,6 +274,7 @@ impl Engine {
             let mark = q.front().map_or(self.last_ticket[slot], |&(_, _, t)| t - 1);
             self.tap.set_watermark(slot, mark);
         }
+        self.check_pending();
         if now.saturating_duration_since(self.last_expiry) >= Duration::from_secs(1) {
             self.last_expiry = now;
             self.tap
@@ -249,6 +282,38 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .expire(now);
+        }
+    }
+
+    /// Completes the pending bulk sync once every worker has re-sent and every record
+    /// issued until then is acknowledged.
+    fn check_pending(&mut self) {
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        if p.marks.is_none() {
+            if !self.tap.applied_everywhere(p.generation) {
+                return;
+            }
+            let tickets = std::array::from_fn(|s| self.tap.issued(s));
+            let pushed = self
+                .macs
+                .keys()
+                .map(|peer| (*peer, self.endpoint.pushed(*peer)))
+                .collect();
+            p.marks = Some((tickets, pushed));
+        }
+        let Some((tickets, pushed)) = p.marks.as_ref() else {
+            return;
+        };
+        let slots_done = (0..SLOTS).all(|s| self.tap.watermark(s) >= tickets[s]);
+        let peers_done = pushed
+            .iter()
+            .all(|(peer, seq)| !self.macs.contains_key(peer) || self.endpoint.acked(*peer) >= *seq);
+        if slots_done && peers_done {
+            self.synced_version = p.version;
+            tracing::info!(version = p.version, "bulk sync complete");
+            self.pending = None;
         }
     }
 
@@ -309,6 +374,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as u64,
             table_version: self.view.as_ref().map_or(0, |v| v.version),
+            synced_version: self.synced_version,
             auth_failed: c.auth_failed,
             replayed: c.replayed,
             unknown_peer: c.unknown_peer + c.wrong_dst,

@@ -9,7 +9,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
     time::Duration,
@@ -92,6 +92,9 @@ pub struct SyncTap {
     pub hold_max: Duration,
     pub bucketer: Bucketer,
     resync: RwLock<Option<Arc<Resync>>>,
+    /// Worker slots in use, and the resync generation each has carried out.
+    in_use: [AtomicBool; SLOTS],
+    applied: [AtomicU64; SLOTS],
 }
 
 impl SyncTap {
@@ -113,6 +116,8 @@ impl SyncTap {
                 hold_max,
                 bucketer,
                 resync: RwLock::new(None),
+                in_use: Default::default(),
+                applied: Default::default(),
             }),
             rx,
         )
@@ -137,6 +142,34 @@ impl SyncTap {
                 None
             }
         }
+    }
+
+    /// A worker takes `slot`; it has nothing to resend from before `generation`.
+    pub fn attach_slot(&self, slot: usize, generation: u64) {
+        self.applied[slot].store(generation, Ordering::Release);
+        self.in_use[slot].store(true, Ordering::Release);
+    }
+
+    pub fn detach_slot(&self, slot: usize) {
+        self.in_use[slot].store(false, Ordering::Release);
+    }
+
+    /// The worker in `slot` has re-sent what resync `generation` asked for.
+    pub fn mark_applied(&self, slot: usize, generation: u64) {
+        self.applied[slot].store(generation, Ordering::Release);
+    }
+
+    /// Every worker has carried out resync `generation`.
+    pub fn applied_everywhere(&self, generation: u64) -> bool {
+        (0..SLOTS).all(|s| {
+            !self.in_use[s].load(Ordering::Acquire)
+                || self.applied[s].load(Ordering::Acquire) >= generation
+        })
+    }
+
+    /// The last ticket `slot` issued.
+    pub fn issued(&self, slot: usize) -> u64 {
+        self.next[slot].load(Ordering::Relaxed)
     }
 
     /// Every record of `slot` up to this ticket is safe at its backup.
