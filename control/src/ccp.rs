@@ -76,8 +76,18 @@ pub struct TableUpdate {
     pub version: u64,
     /// Base64 of one (active, backup) byte pair per bucket (member ids fit a byte).
     pub buckets: String,
+    /// While members join: each joining member with the buckets whose records must also
+    /// reach it (base64 of a bitmap, bucket i in bit i % 8 of byte i / 8).
+    #[serde(default)]
+    pub extra: Vec<ExtraBuckets>,
     /// Members of the group that sync, with their sync port's MAC.
     pub peers: Vec<SyncPeer>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExtraBuckets {
+    pub member: u32,
+    pub buckets: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -87,7 +97,12 @@ pub struct SyncPeer {
 }
 
 impl TableUpdate {
-    pub fn new(version: u64, table: &[baton_common::Bucket], peers: Vec<SyncPeer>) -> Self {
+    pub fn new(
+        version: u64,
+        table: &[baton_common::Bucket],
+        extra: Option<&[u32]>,
+        peers: Vec<SyncPeer>,
+    ) -> Self {
         let bytes: Vec<u8> = table
             .iter()
             .flat_map(|b| [b.active as u8, b.backup as u8])
@@ -95,6 +110,26 @@ impl TableUpdate {
         Self {
             version,
             buckets: B64.encode(bytes),
+            extra: extra.map_or_else(Vec::new, |e| {
+                let mut members: Vec<u32> = e.iter().copied().filter(|m| *m != 0).collect();
+                members.sort_unstable();
+                members.dedup();
+                members
+                    .into_iter()
+                    .map(|member| {
+                        let mut bits = vec![0u8; e.len().div_ceil(8)];
+                        for (i, m) in e.iter().enumerate() {
+                            if *m == member {
+                                bits[i / 8] |= 1 << (i % 8);
+                            }
+                        }
+                        ExtraBuckets {
+                            member,
+                            buckets: B64.encode(bits),
+                        }
+                    })
+                    .collect()
+            }),
             peers,
         }
     }
@@ -104,6 +139,20 @@ impl TableUpdate {
         let bytes = B64.decode(&self.buckets).ok()?;
         if bytes.len() % 2 != 0 || !(bytes.len() / 2).is_power_of_two() {
             return None;
+        }
+        let n = bytes.len() / 2;
+        let mut extra = Vec::new();
+        for x in &self.extra {
+            let bits = B64.decode(&x.buckets).ok()?;
+            if bits.len() != n.div_ceil(8) {
+                return None;
+            }
+            extra.resize(n, 0);
+            for (i, e) in extra.iter_mut().enumerate() {
+                if bits[i / 8] & (1 << (i % 8)) != 0 {
+                    *e = x.member;
+                }
+            }
         }
         let peers = self
             .peers
@@ -116,6 +165,7 @@ impl TableUpdate {
                 .chunks_exact(2)
                 .map(|c| (c[0] as u32, c[1] as u32))
                 .collect(),
+            extra,
             peers,
         })
     }
@@ -183,7 +233,12 @@ mod tests {
             state: MemberState::Active,
             smo: Some(1),
             workers: None,
-            table: Some(TableUpdate::new(7, &table, peers)),
+            table: Some(TableUpdate::new(
+                7,
+                &table,
+                Some(&vec![3; table.len()]),
+                peers,
+            )),
         };
         let bytes = encode(&ack);
         assert!(bytes.len() < MAX_DATAGRAM, "{} bytes", bytes.len());
@@ -193,9 +248,11 @@ mod tests {
         assert_eq!(view.buckets.len(), table.len());
         assert_eq!(view.buckets[5], (6, 7));
         assert_eq!(view.peers, vec![(2, [2, 0, 0, 0, 0, 10])]);
+        assert_eq!(view.extra[9], 3);
         let bad = TableUpdate {
             version: 1,
             buckets: "!!".into(),
+            extra: Vec::new(),
             peers: vec![],
         };
         assert!(bad.view().is_none());

@@ -63,20 +63,22 @@ pub fn rebalance(table: &[Bucket], active: &[u32]) -> Vec<Bucket> {
     t
 }
 
-/// The first step of `joiner`'s join with sync: the table [`rebalance`] would make, except
-/// that each bucket it would take from another member stays with that member for now,
-/// with `joiner` as its backup (so the connections are synced to it before it owns them).
-pub fn stage_join(table: &[Bucket], active: &[u32], joiner: u32) -> Vec<Bucket> {
-    let mut staged = rebalance(table, active);
-    for (s, before) in staged.iter_mut().zip(table) {
-        let alive =
-            before.active != 0 && before.active != joiner && active.contains(&before.active);
-        if s.active == joiner && alive {
-            s.active = before.active;
-            s.backup = joiner;
-        }
-    }
-    staged
+/// For joins with sync: per bucket, the joining member that will own or back it up once
+/// `joiners` join `serving` (0: none). Their records go to it before the join takes effect.
+pub fn join_extra(table: &[Bucket], serving: &[u32], joiners: &[u32]) -> Vec<u32> {
+    let all: Vec<u32> = serving.iter().chain(joiners).copied().collect();
+    rebalance(table, &all)
+        .iter()
+        .map(|b| {
+            if joiners.contains(&b.active) {
+                b.active
+            } else if joiners.contains(&b.backup) {
+                b.backup
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// `dead` failed and `survivors` remain: its buckets switch to their backups (a bucket
@@ -275,25 +277,19 @@ mod tests {
     }
 
     #[test]
-    fn a_join_in_two_steps_ends_where_one_step_would() {
+    fn a_joining_member_hears_of_every_bucket_it_will_hold() {
         for n in 1..=13u32 {
             let before: Vec<u32> = (1..=n).collect();
             let table = plan(&before, 4096);
             let joiner = n + 1;
+            let extra = join_extra(&table, &before, &[joiner]);
             let after: Vec<u32> = (1..=joiner).collect();
-            let staged = stage_join(&table, &after, joiner);
-            let direct = rebalance(&table, &after);
-            for (i, (s, t)) in staged.iter().zip(&table).enumerate() {
-                // Nothing changes hands yet: the joiner only becomes backup of what it
-                // will own.
-                assert_eq!(s.active, t.active, "n={n} bucket {i}");
-                if direct[i].active == joiner {
-                    assert_eq!(s.backup, joiner, "n={n} bucket {i}");
-                }
+            let done = rebalance(&table, &after);
+            for (i, b) in done.iter().enumerate() {
+                let holds = b.active == joiner || b.backup == joiner;
+                assert_eq!(extra[i] == joiner, holds, "n={n} bucket {i}");
+                assert!(extra[i] == 0 || extra[i] == joiner);
             }
-            let done = rebalance(&staged, &after);
-            let actives = |t: &[Bucket]| t.iter().map(|b| b.active).collect::<Vec<_>>();
-            assert_eq!(actives(&done), actives(&direct), "n={n}");
             check_balanced(&done, &after);
         }
     }

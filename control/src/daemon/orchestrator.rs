@@ -55,23 +55,66 @@ struct Shared {
     workers: BTreeMap<u32, u32>,
     /// Bumped at every bucket-table change; members sync by the version they report.
     table_version: u64,
-    /// Members joining a sync group: the table version that made them the backup of the
-    /// buckets they will own, and when. They take those buckets once every active member
-    /// has bulk-synced that version to them.
-    joining: BTreeMap<u32, (u64, Instant)>,
+    /// Joins under way in sync groups (state before steering): the joining members are
+    /// Active but serve no bucket until every serving member has synced to them the
+    /// connections of the buckets they will own or back up.
+    staging: BTreeMap<u32, Staging>,
 }
 
 /// Longest a join waits for the bulk sync before the member takes its buckets anyway.
 const JOIN_SYNC_MAX: Duration = Duration::from_secs(10);
 
+/// A group's joins under way.
+struct Staging {
+    joiners: std::collections::BTreeSet<u32>,
+    /// Per bucket, the joining member its records also go to (0: none).
+    extra: Vec<u32>,
+    /// The table version that announced `extra`, and when.
+    version: u64,
+    since: Instant,
+}
+
 impl Shared {
     /// A member's state as the API shows it: Joining until its bulk sync is done.
     fn state(&self, id: u32) -> MemberState {
         match self.membership.state(id) {
-            Some(MemberState::Active) if self.joining.contains_key(&id) => MemberState::Joining,
+            Some(MemberState::Active) if self.is_joining(id) => MemberState::Joining,
             Some(st) => st,
             None => MemberState::Down,
         }
+    }
+
+    fn is_joining(&self, id: u32) -> bool {
+        self.staging.values().any(|st| st.joiners.contains(&id))
+    }
+
+    /// Members that serve the group's buckets: Active ones, less those still joining.
+    fn serving(&self, group: u32) -> Vec<u32> {
+        self.membership
+            .active(group)
+            .into_iter()
+            .filter(|m| !self.is_joining(*m))
+            .collect()
+    }
+
+    /// Announces (or ends, with no joiner left) the group's staging as a new table version.
+    fn restage(&mut self, group: u32, now: Instant) {
+        let Some(table) = self.tables.get(&group) else {
+            return;
+        };
+        let serving = self.serving(group);
+        let Some(st) = self.staging.get_mut(&group) else {
+            return;
+        };
+        self.table_version += 1;
+        if st.joiners.is_empty() {
+            self.staging.remove(&group);
+            return;
+        }
+        let joiners: Vec<u32> = st.joiners.iter().copied().collect();
+        st.extra = planner::join_extra(table, &serving, &joiners);
+        st.version = self.table_version;
+        st.since = now;
     }
 
     fn sync_group(&self, member: u32) -> Option<u32> {
@@ -173,7 +216,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tables,
         workers: BTreeMap::new(),
         table_version: 1,
-        joining: BTreeMap::new(),
+        staging: BTreeMap::new(),
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
 
@@ -268,29 +311,42 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
             Action::Activate(id) => {
                 let idx = *s.downlinks.get(&id).context("member without downlink")?;
                 s.programs.add_member_port(id, idx)?;
-                let others = s
-                    .membership
-                    .group(id)
-                    .map_or(0, |g| s.membership.active(g).len().saturating_sub(1));
-                if s.sync_group(id).is_some() && others > 0 {
-                    // State before steering: first the member backs up the buckets it
-                    // will own (their active members bulk-sync them to it), then it
-                    // takes them.
-                    replan(s, id, |table, active| {
-                        planner::stage_join(table, active, id)
-                    })?;
-                    s.joining.insert(id, (s.table_version, Instant::now()));
-                    tracing::info!(
-                        member = id,
-                        "member joining: bulk sync of the buckets it will take"
-                    );
-                } else {
-                    replan(s, id, planner::rebalance)?;
-                    tracing::info!(member = id, "member active");
+                let group = s.sync_group(id);
+                let others = group.map_or(0, |g| s.serving(g).iter().filter(|m| **m != id).count());
+                match group {
+                    Some(g) if others > 0 => {
+                        // State before steering: the member takes no bucket until the
+                        // connections of those it will own or back up are synced to it.
+                        s.staging
+                            .entry(g)
+                            .or_insert_with(|| Staging {
+                                joiners: Default::default(),
+                                extra: Vec::new(),
+                                version: 0,
+                                since: Instant::now(),
+                            })
+                            .joiners
+                            .insert(id);
+                        s.restage(g, Instant::now());
+                        tracing::info!(
+                            member = id,
+                            "member joining: bulk sync of its buckets first"
+                        );
+                    }
+                    _ => {
+                        replan(s, id, planner::rebalance)?;
+                        tracing::info!(member = id, "member active");
+                    }
                 }
             }
             Action::Deactivate(id) => {
-                s.joining.remove(&id);
+                if let Some(g) = s.membership.group(id) {
+                    if let Some(st) = s.staging.get_mut(&g) {
+                        if st.joiners.remove(&id) {
+                            s.restage(g, Instant::now());
+                        }
+                    }
+                }
                 // Its buckets switch to their backups; no other bucket changes hands.
                 replan(s, id, |table, active| planner::fail(table, id, active))?;
                 s.programs.remove_member_port(id)?;
@@ -307,38 +363,39 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lets joining members take their buckets once every other active member of the group
-/// has bulk-synced the staged table (or after [`JOIN_SYNC_MAX`]).
+/// Lets joining members take their buckets once every serving member of the group has
+/// bulk-synced the staged version (or after [`JOIN_SYNC_MAX`]).
 fn finish_joins(s: &mut Shared, now: Instant) -> anyhow::Result<()> {
-    let ready: Vec<u32> = s
-        .joining
+    let ready: Vec<(u32, u32)> = s
+        .staging
         .iter()
-        .filter(|(id, (version, since))| {
-            let Some(group) = s.membership.group(**id) else {
-                return true;
-            };
+        .filter(|(group, st)| {
             let synced = |m: &u32| {
                 s.reports
                     .get(m)
                     .and_then(|(_, r)| r.sync.as_ref())
-                    .is_some_and(|r| r.synced_version >= *version)
+                    .is_some_and(|r| r.synced_version >= st.version)
             };
-            let all = s.membership.active(group).iter().all(synced);
-            if !all && now.duration_since(*since) > JOIN_SYNC_MAX {
+            let all = s.serving(**group).iter().all(synced);
+            if !all && now.duration_since(st.since) > JOIN_SYNC_MAX {
                 tracing::warn!(
-                    member = id,
-                    "bulk sync not complete in time: the member takes its buckets anyway"
+                    group,
+                    "bulk sync not complete in time: the joining members take their buckets anyway"
                 );
                 return true;
             }
             all
         })
-        .map(|(id, _)| *id)
+        .filter_map(|(group, st)| st.joiners.iter().next().map(|j| (*group, *j)))
         .collect();
-    for id in ready {
-        s.joining.remove(&id);
-        replan(s, id, planner::rebalance)?;
-        tracing::info!(member = id, "member active (bulk sync complete)");
+    for (group, joiner) in ready {
+        let joiners = s
+            .staging
+            .remove(&group)
+            .map(|st| st.joiners)
+            .unwrap_or_default();
+        replan(s, joiner, planner::rebalance)?;
+        tracing::info!(?joiners, "members active (bulk sync complete)");
     }
     Ok(())
 }
@@ -367,6 +424,7 @@ fn table_update(s: &Shared, member: u32, group: u32) -> Option<TableUpdate> {
     Some(TableUpdate::new(
         s.table_version,
         s.tables.get(&group)?,
+        s.staging.get(&group).map(|st| st.extra.as_slice()),
         peers,
     ))
 }
@@ -386,7 +444,7 @@ fn replan(
         .find(|g| g.id == group)
         .context("unknown group")?;
     let current = s.tables.get(&group).context("group without table")?;
-    let table = next(current, &s.membership.active(group));
+    let table = next(current, &s.serving(group));
     s.programs.install_buckets(g.slot(), &table)?;
     s.tables.insert(group, table);
     s.table_version += 1;

@@ -24,6 +24,9 @@ pub struct View {
     pub version: u64,
     /// (active, backup) of each bucket; 0 for none. A power of two long.
     pub buckets: Vec<(u32, u32)>,
+    /// A member joining the group that each bucket's records also go to (0: none; empty:
+    /// no join under way): it takes over or backs up these buckets once it holds them.
+    pub extra: Vec<u32>,
     /// The group's other members that sync, with their sync port's MAC.
     pub peers: Vec<(u32, [u8; 6])>,
 }
@@ -121,11 +124,6 @@ impl Engine {
         self.view.as_ref()
     }
 
-    fn bucket(&self, view: &View, key: &FlowKey) -> (u32, u32) {
-        let mask = view.buckets.len() as u32 - 1;
-        view.buckets[((self.tap.bucketer)(key) & mask) as usize]
-    }
-
     /// A new bucket table: peers change, and connections whose backup changed are sent to
     /// their new backup (bulk sync), from the workers' tables and from the copies this
     /// member took over.
@@ -155,8 +153,16 @@ impl Engine {
                 let before = old
                     .as_ref()
                     .filter(|o| o.buckets.len() == view.buckets.len())
-                    .map(|o| o.buckets[i]);
-                active == me && backup != 0 && before != Some((active, backup))
+                    .map(|o| (o.buckets[i], o.extra.get(i).copied().unwrap_or(0)));
+                let extra = view.extra.get(i).copied().unwrap_or(0);
+                let (old_backup, old_extra) = before.map_or((0, 0), |((a, b), e)| {
+                    (
+                        if a == active { b } else { 0 },
+                        if a == active { e } else { 0 },
+                    )
+                });
+                active == me
+                    && ((backup != 0 && backup != old_backup) || (extra != 0 && extra != old_extra))
             })
             .collect();
         let mask = view.buckets.len() as u32 - 1;
@@ -179,13 +185,16 @@ impl Engine {
         // Copies of buckets this member now owns go to those buckets' backups; copies of
         // buckets it neither owns nor backs up are dropped.
         let bucketer = self.tap.bucketer.clone();
-        let of = |k: &FlowKey| view.buckets[(bucketer(k) & mask) as usize];
+        let of = |k: &FlowKey| {
+            let i = (bucketer(k) & mask) as usize;
+            (view.buckets[i], view.extra.get(i).copied().unwrap_or(0))
+        };
         let (records, dropped) = {
             let mut store = self.tap.store.lock().unwrap_or_else(|e| e.into_inner());
             let records = store.records_where(now, |k| changed[(bucketer(k) & mask) as usize]);
             let dropped = store.remove_where(|k| {
-                let (a, b) = of(k);
-                a != me && b != me
+                let ((a, b), e) = of(k);
+                a != me && b != me && e != me
             });
             (records, dropped)
         };
@@ -203,17 +212,27 @@ impl Engine {
         }
     }
 
-    /// Pushes a record to its bucket's backup; returns where it went.
-    fn route(&mut self, rec: &Record, now: Instant) -> Option<(u32, u64)> {
-        let view = self.view.as_ref()?;
-        let (conn_key, _) = Connection::decode(rec, 0).map(|(op, c)| (c.key, op))?;
-        let (_, backup) = self.bucket(view, &conn_key);
-        if backup == 0 || backup == self.me || !self.macs.contains_key(&backup) {
-            return None;
+    /// Pushes a record to its bucket's backup (and to a joining member that will hold the
+    /// bucket); returns where it went.
+    fn route(&mut self, rec: &Record, now: Instant) -> [Option<(u32, u64)>; 2] {
+        let mut sent = [None, None];
+        let Some(view) = self.view.as_ref() else {
+            return sent;
+        };
+        let Some((_, conn)) = Connection::decode(rec, 0) else {
+            return sent;
+        };
+        let mask = view.buckets.len() as u32 - 1;
+        let i = ((self.tap.bucketer)(&conn.key) & mask) as usize;
+        let (_, backup) = view.buckets[i];
+        let extra = view.extra.get(i).copied().unwrap_or(0);
+        let extra = if extra == backup { 0 } else { extra };
+        for (slot, peer) in sent.iter_mut().zip([backup, extra]) {
+            if peer != 0 && peer != self.me && self.macs.contains_key(&peer) {
+                *slot = self.endpoint.push(peer, rec, now).map(|seq| (peer, seq));
+            }
         }
-        self.endpoint
-            .push(backup, rec, now)
-            .map(|seq| (backup, seq))
+        sent
     }
 
     /// Takes the workers' records and pushes them to their backups.
@@ -226,7 +245,7 @@ impl Engine {
             n += 1;
             let slot = o.slot as usize % SLOTS;
             self.last_ticket[slot] = o.ticket;
-            if let Some((peer, seq)) = self.route(&o.record, now) {
+            for (peer, seq) in self.route(&o.record, now).into_iter().flatten() {
                 self.outstanding[slot].push_back((peer, seq, o.ticket));
             }
         }
