@@ -46,7 +46,7 @@ fn baton_exe() -> PathBuf {
         })
 }
 
-fn options(sync: bool) -> anyhow::Result<LabOptions> {
+fn options(sync: bool, heartbeat_ms: u64) -> anyhow::Result<LabOptions> {
     let exe = baton_exe();
     if !exe.exists() {
         bail!(
@@ -63,6 +63,7 @@ fn options(sync: bool) -> anyhow::Result<LabOptions> {
         workers: 1,
         queues: 1,
         busy_poll: None,
+        heartbeat_ms,
         exe,
     })
 }
@@ -96,9 +97,13 @@ fn flows(n: u64, port: u16, bytes: u64) -> Vec<TcpFlow> {
 /// Kills member 2 under `sessions` paced connections, `kills` times (restarting it in
 /// between). Returns the data-path gap (kill → first packet of its connections forwarded
 /// by a backup, from the members' wall clocks) and the longest application-level stall.
-pub fn failover(kills: usize, sessions: u64) -> anyhow::Result<(Figure, Figure)> {
+pub fn failover(
+    kills: usize,
+    sessions: u64,
+    heartbeat_ms: u64,
+) -> anyhow::Result<(Figure, Figure)> {
     lab::down()?;
-    let opts = options(true)?;
+    let opts = options(true, heartbeat_ms)?;
     let _guard = LabGuard;
     lab::up(&opts)?;
     let client = Client::new(default_api_socket());
@@ -220,7 +225,7 @@ pub fn failover(kills: usize, sessions: u64) -> anyhow::Result<(Figure, Figure)>
 fn lab_rates(sync: bool, streams: u64, mb: u64, conns: u64) -> anyhow::Result<(f64, f64)> {
     lab::down()?;
     let _guard = LabGuard;
-    lab::up(&options(sync)?)?;
+    lab::up(&options(sync, 100)?)?;
     let t = Instant::now();
     let r = tcp_streams(
         NS_EXT,
@@ -258,7 +263,7 @@ pub fn overhead(runs: usize, quick: bool) -> anyhow::Result<(Figure, Figure)> {
         eprintln!(
             "  sync on {:.2} Gbit/s {:.0} conn/s | off {:.2} Gbit/s {:.0} conn/s",
             on[on.len() - 1],
-            c,
+            cps_on[cps_on.len() - 1],
             off[off.len() - 1],
             cps_off[cps_off.len() - 1]
         );

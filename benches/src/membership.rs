@@ -74,6 +74,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         workers: 1,
         queues: 1,
         busy_poll: None,
+        heartbeat_ms: 100,
         exe,
     };
     let _guard = LabGuard;

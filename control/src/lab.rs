@@ -84,6 +84,8 @@ pub struct LabOptions {
     pub queues: u32,
     /// Busy-poll budget of the members' sockets (None: interrupts and `poll`).
     pub busy_poll: Option<u32>,
+    /// Heartbeat interval of the group (the dead interval is 3 of them).
+    pub heartbeat_ms: u64,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -345,6 +347,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
         ])?;
     }
     let mut cfg = config(n, opts.sync, opts.mode, opts.l4);
+    cfg.orchestrator.heartbeat_interval_ms = opts.heartbeat_ms;
     let key_path = state.join("sync.key");
     write_private(&key_path, &random_key()?)?;
     cfg.groups[0].sync_key_file = Some(key_path);

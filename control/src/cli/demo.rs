@@ -61,6 +61,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         workers: 1,
         queues: 1,
         busy_poll: None,
+        heartbeat_ms: 100,
         exe,
     })?;
     println!(

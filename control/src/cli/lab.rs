@@ -34,6 +34,9 @@ pub enum LabCommand {
         /// Busy-poll the members' sockets with this budget.
         #[arg(long)]
         busy_poll: Option<u32>,
+        /// Heartbeat interval in ms; a member is Down after 3 intervals of silence.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=10_000))]
+        heartbeat_ms: u64,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -50,6 +53,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             workers,
             queues,
             busy_poll,
+            heartbeat_ms,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -61,6 +65,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 workers,
                 queues,
                 busy_poll,
+                heartbeat_ms,
                 exe,
             })?;
             let g = &stat.groups[0];
