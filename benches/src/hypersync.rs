@@ -64,6 +64,7 @@ fn options(sync: bool, heartbeat_ms: u64) -> anyhow::Result<LabOptions> {
         queues: 1,
         busy_poll: None,
         heartbeat_ms,
+        pins: true,
         exe,
     })
 }

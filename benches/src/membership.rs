@@ -75,6 +75,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         queues: 1,
         busy_poll: None,
         heartbeat_ms: 100,
+        pins: true,
         exe,
     };
     let _guard = LabGuard;

@@ -143,16 +143,37 @@ pub enum ApiError {
     Decode(String),
 }
 
-/// A client of the orchestrator's API on a Unix socket.
-#[derive(Clone, Debug)]
+/// A client of the orchestrator's API: on its Unix socket, or over TCP with a token.
+#[derive(Clone)]
 pub struct Client {
     socket: PathBuf,
+    tcp: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Client {
+    // Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tcp {
+            Some((addr, _)) => write!(f, "Client(tcp {addr})"),
+            None => write!(f, "Client({})", self.socket.display()),
+        }
+    }
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            tcp: None,
+        }
+    }
+
+    /// Over TCP to `addr` (host:port), sending `token` as the bearer token.
+    pub fn tcp(addr: impl Into<String>, token: impl Into<String>) -> Self {
+        let addr = addr.into();
+        Self {
+            socket: PathBuf::from(format!("http://{addr}")),
+            tcp: Some((addr, token.into())),
         }
     }
 
@@ -183,7 +204,22 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| ApiError::Io(e.to_string()))?;
-        let (status, bytes) = rt.block_on(request(&self.socket, method, path, body))?;
+        let (status, bytes) = rt.block_on(async {
+            match &self.tcp {
+                None => {
+                    let stream = tokio::net::UnixStream::connect(&self.socket)
+                        .await
+                        .map_err(|_| ApiError::NotRunning(self.socket.clone()))?;
+                    exchange(stream, None, method, path, body).await
+                }
+                Some((addr, token)) => {
+                    let stream = tokio::net::TcpStream::connect(addr.as_str())
+                        .await
+                        .map_err(|_| ApiError::NotRunning(self.socket.clone()))?;
+                    exchange(stream, Some(token), method, path, body).await
+                }
+            }
+        })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.error)
@@ -197,24 +233,29 @@ impl Client {
     }
 }
 
-async fn request(
-    socket: &Path,
+async fn exchange<S>(
+    stream: S,
+    token: Option<&String>,
     method: Method,
     path: &str,
     body: Option<Vec<u8>>,
-) -> Result<(StatusCode, Bytes), ApiError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|_| ApiError::NotRunning(socket.to_path_buf()))?;
+) -> Result<(StatusCode, Bytes), ApiError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ApiError::Io(e.to_string()))?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", "baton")
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| ApiError::Io(e.to_string()))?;
     let res = sender

@@ -45,6 +45,9 @@ pub struct MemberReport {
     /// The sync port's MAC (aa:bb:…), where the other members send this one's records.
     #[serde(default)]
     pub sync_mac: Option<String>,
+    /// The tasks the member runs (from its state and the master it was told).
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

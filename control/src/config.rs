@@ -60,6 +60,30 @@ pub struct OrchestratorConfig {
     /// Attach XDP in driver (native) mode; otherwise let the kernel choose.
     #[serde(default = "yes")]
     pub xdp_driver_mode: bool,
+    /// TCP address of the REST API for remote use (e.g. "0.0.0.0:8117"); needs
+    /// `api_token_file`. None: the Unix socket only.
+    #[serde(default)]
+    pub api_tcp: Option<SocketAddr>,
+    /// File holding the bearer token TCP clients must send (`Authorization: Bearer …`).
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Where the orchestrator's maps and XDP attachments are pinned (a bpf filesystem), so
+    /// the data path keeps forwarding while the orchestrator restarts. Empty: no pins
+    /// (programs detach when the orchestrator stops).
+    #[serde(default = "default_pin_dir")]
+    pub bpf_pin_dir: PathBuf,
+    /// The orchestrator's state (members' states, bucket tables, versions), written
+    /// atomically on every change and read at start. Empty: nothing persisted.
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/baton")
+}
+
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/var/lib/baton/orchestrator.json")
 }
 
 fn default_ccp() -> SocketAddr {
@@ -175,6 +199,11 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.orchestrator.heartbeat_interval_ms == 0 || self.orchestrator.dead_count == 0 {
             return bad("heartbeat_interval_ms and dead_count must be at least 1".into());
+        }
+        if self.orchestrator.api_tcp.is_some() && self.orchestrator.api_token_file.is_none() {
+            return bad(
+                "api_tcp needs api_token_file: the TCP API is never open without a token".into(),
+            );
         }
         let mut seen_members = std::collections::BTreeSet::new();
         let mut seen_groups = std::collections::BTreeSet::new();
@@ -342,6 +371,16 @@ downlink = "dl-sgm1"
             .unwrap_err()
             .to_string()
             .contains("Internal uplink"));
+        // The TCP API is never open without a token.
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        c.orchestrator.api_tcp = Some("127.0.0.1:8117".parse().unwrap());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("api_token_file"));
+        c.orchestrator.api_token_file = Some("/run/baton/token".into());
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub const NS_ORCH: &str = "bt-orch";
 /// Every lab namespace starts with this.
 pub const NS_PREFIX: &str = "bt-";
 pub const STATE_DIR: &str = "/run/baton/lab";
+/// The lab's API token (in the state directory) and the API's TCP port.
+pub const API_TOKEN_FILE: &str = "api.token";
+pub const API_TCP_PORT: u16 = 8117;
+/// The bpf filesystem the lab's orchestrator pins its maps and attachments in (mounted by
+/// `lab up` outside the namespaces, so a restarted orchestrator finds them).
+pub const PIN_DIR: &str = "/run/baton/bpf";
 /// Hosts own .1 to .63 of their side.
 pub const HOSTS_PER_SIDE: u8 = 63;
 /// How long `up` waits for every member to be Active.
@@ -86,6 +92,9 @@ pub struct LabOptions {
     pub busy_poll: Option<u32>,
     /// Heartbeat interval of the group (the dead interval is 3 of them).
     pub heartbeat_ms: u64,
+    /// Pin the orchestrator's maps and attachments (so its restart interrupts nothing);
+    /// off only for the negative control of that.
+    pub pins: bool,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -146,6 +155,10 @@ pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
             heartbeat_interval_ms: 100,
             dead_count: 3,
             xdp_driver_mode: true,
+            api_tcp: None,
+            api_token_file: None,
+            bpf_pin_dir: PathBuf::from(PIN_DIR),
+            state_file: Path::new(STATE_DIR).join("orchestrator.json"),
         },
         groups: vec![GroupConfig {
             id: 1,
@@ -348,24 +361,54 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     }
     let mut cfg = config(n, opts.sync, opts.mode, opts.l4);
     cfg.orchestrator.heartbeat_interval_ms = opts.heartbeat_ms;
+    if !opts.pins {
+        cfg.orchestrator.bpf_pin_dir = PathBuf::new();
+    }
     let key_path = state.join("sync.key");
     write_private(&key_path, &random_key()?)?;
     cfg.groups[0].sync_key_file = Some(key_path);
+    // The API over TCP too, on the management network, with a token only root reads.
+    let token_path = state.join(API_TOKEN_FILE);
+    write_private(&token_path, &random_key()?)?;
+    cfg.orchestrator.api_tcp = Some((Ipv4Addr::new(198, 51, 100, 254), API_TCP_PORT).into());
+    cfg.orchestrator.api_token_file = Some(token_path);
     let cfg_path = state.join("baton.toml");
     fs::write(&cfg_path, cfg.to_toml())?;
     let policy_path = state.join(POLICY_FILE);
     fs::write(&policy_path, DEFAULT_POLICY)?;
 
-    spawn(
-        NS_ORCH,
-        &state.join("orchestrator.log"),
-        &opts.exe,
-        &["orchestrator", "--config", cfg_path.to_str().unwrap()],
-    )?;
+    // Pins live in a bpf filesystem mounted here, outside the namespaces (`ip netns exec`
+    // remounts /sys, so /sys/fs/bpf would not outlive the orchestrator's process).
+    fs::create_dir_all(PIN_DIR)?;
+    if !is_mountpoint(PIN_DIR) {
+        run(Command::new("mount").args(["-t", "bpf", "bpf", PIN_DIR]))?;
+    }
+    start_orchestrator(opts)?;
     for k in 1..=n {
         start_member(opts, k)?;
     }
     Ok(())
+}
+
+/// Starts the orchestrator's process (again, after a stop or a kill); its log is appended
+/// to.
+pub fn start_orchestrator(opts: &LabOptions) -> Result<(), LabError> {
+    let state = Path::new(STATE_DIR);
+    spawn(
+        NS_ORCH,
+        &state.join("orchestrator.log"),
+        &opts.exe,
+        &[
+            "orchestrator",
+            "--config",
+            state.join("baton.toml").to_str().unwrap(),
+        ],
+    )
+}
+
+fn is_mountpoint(path: &str) -> bool {
+    fs::read_to_string("/proc/self/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(path)))
 }
 
 /// Starts member `k`'s process (again, after a kill) with the lab's settings; its log is
@@ -535,6 +578,15 @@ pub fn down() -> Result<Vec<String>, LabError> {
     if sock.exists() {
         fs::remove_file(&sock)?;
         removed.push(sock.display().to_string());
+    }
+    // The orchestrator's pins (maps, attachments), then their filesystem.
+    if Path::new(PIN_DIR).exists() {
+        let pins = baton_dataplane::loader::Orchestrator::remove_pins(Path::new(PIN_DIR))?;
+        if is_mountpoint(PIN_DIR) {
+            run(Command::new("umount").arg(PIN_DIR))?;
+        }
+        fs::remove_dir(PIN_DIR)?;
+        removed.push(format!("{PIN_DIR} ({pins} pins)"));
     }
     if Path::new(STATE_DIR).exists() {
         fs::remove_dir_all(STATE_DIR)?;

@@ -8,6 +8,8 @@ pub mod ccp;
 pub mod config;
 pub mod lab;
 pub mod membership;
+pub mod persist;
 pub mod planner;
 pub mod search;
+pub mod tasks;
 pub mod traffic;

@@ -81,6 +81,26 @@ impl Membership {
         }
     }
 
+    /// Takes back the states an earlier run left (an orchestrator restart), as if each
+    /// Active member had just been heard: one that stays silent is declared Down after the
+    /// dead interval as usual. Returns nothing to do: the data path is already so.
+    pub fn restore(&mut self, now: Instant, states: impl IntoIterator<Item = (u32, MemberState)>) {
+        for (id, state) in states {
+            if let Some(e) = self.members.get_mut(&id) {
+                e.state = match state {
+                    MemberState::Active | MemberState::Detached => state,
+                    _ => MemberState::Down,
+                };
+                e.last_heard = (state == MemberState::Active).then_some(now);
+            }
+        }
+        let groups: Vec<u32> = self.smo.keys().copied().collect();
+        for g in groups {
+            let master = self.smo(g);
+            self.smo.insert(g, master);
+        }
+    }
+
     pub fn state(&self, member: u32) -> Option<MemberState> {
         self.members.get(&member).map(|e| e.state)
     }

@@ -32,6 +32,8 @@ pub enum LoadError {
     Map(#[from] aya::maps::MapError),
     #[error("devmap operation failed: {0}")]
     XdpMap(#[from] aya::maps::xdp::XdpMapError),
+    #[error("pinning under {path}: {detail} (is a bpf filesystem mounted there?)")]
+    Pin { path: String, detail: String },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

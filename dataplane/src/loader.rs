@@ -2,7 +2,11 @@
 //! an orchestrator, `steer` on a member. Owns the maps user space writes (bucket table,
 //! ports, group settings) and reads (counters).
 
-use std::{ffi::CString, os::fd::AsRawFd};
+use std::{
+    ffi::CString,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, DevMap, DevMapHash, MapData, PerCpuArray, XskMap},
@@ -87,10 +91,25 @@ fn map_ro<'a, T: TryFrom<&'a aya::maps::Map>>(
         .map_err(|_| LoadError::MissingMap(name))
 }
 
-/// The orchestrator's programs and maps. Dropping it detaches the programs.
+/// The orchestrator's programs and maps. Dropping it detaches the programs, unless they
+/// were loaded with a pin directory: then maps and attachments are pinned there and stay
+/// when the process ends, so the data path keeps forwarding while it restarts.
 pub struct Orchestrator {
     ebpf: Ebpf,
     mode: XdpMode,
+    pins: Option<PathBuf>,
+}
+
+/// The pin of the attachment of `prog` to `iface`.
+fn link_pin(dir: &Path, prog: &str, iface: &str) -> PathBuf {
+    dir.join(format!("link-{prog}-{iface}"))
+}
+
+fn pin_error(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Pin {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
 }
 
 impl Orchestrator {
@@ -104,14 +123,78 @@ impl Orchestrator {
             } else {
                 XdpMode::Default
             },
+            pins: None,
         })
+    }
+
+    /// Loads the object with every map pinned under `dir` (a bpf filesystem): maps pinned
+    /// by an earlier run are reused with their contents, new ones are created and pinned.
+    pub fn load_pinned(driver: bool, dir: &Path) -> Result<Self, LoadError> {
+        std::fs::create_dir_all(dir).map_err(|e| pin_error(dir, e))?;
+        // The map names, from a throwaway load.
+        let names: Vec<String> = load_object()?.maps().map(|(n, _)| n.to_string()).collect();
+        let paths: Vec<(String, PathBuf)> =
+            names.iter().map(|n| (n.clone(), dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::from)?;
+        Ok(Self {
+            ebpf,
+            mode: if driver {
+                XdpMode::Driver
+            } else {
+                XdpMode::Default
+            },
+            pins: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Attaches `prog` to `iface`; with pins, the attachment is pinned, and one pinned by an
+    /// earlier run is kept as it is (it already runs this program on the pinned maps).
+    fn attach_kept(&mut self, prog: &'static str, iface: &str) -> Result<(), LoadError> {
+        let Some(dir) = self.pins.clone() else {
+            return attach(&mut self.ebpf, prog, iface, self.mode);
+        };
+        let pin = link_pin(&dir, prog, iface);
+        if pin.exists() {
+            return Ok(());
+        }
+        ifindex(iface)?;
+        let p = loaded(&mut self.ebpf, prog)?;
+        let id = p.attach(iface, self.mode).map_err(|e| LoadError::Attach {
+            prog,
+            iface: iface.to_string(),
+            source: e,
+        })?;
+        let link = p.take_link(id).map_err(|e| LoadError::Program(prog, e))?;
+        let fd: aya::programs::links::FdLink = link.try_into().map_err(|e| pin_error(&pin, e))?;
+        fd.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+        Ok(())
+    }
+
+    /// Detaches and unpins everything pinned under `dir` (the end of a deployment).
+    pub fn remove_pins(dir: &Path) -> std::io::Result<usize> {
+        let mut n = 0;
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                // bpffs's own preloaded iterators (maps.debug, progs.debug) stay.
+                if e.file_name().to_string_lossy().ends_with(".debug") {
+                    continue;
+                }
+                std::fs::remove_file(e.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Configures and attaches `distribute` to an uplink.
     pub fn attach_uplink(&mut self, iface: &str, conf: UplinkConf) -> Result<u32, LoadError> {
         let idx = ifindex(iface)?;
         self.configure_uplink(idx, conf)?;
-        attach(&mut self.ebpf, programs::DISTRIBUTE, iface, self.mode)?;
+        self.attach_kept(programs::DISTRIBUTE, iface)?;
         Ok(idx)
     }
 
@@ -137,7 +220,7 @@ impl Orchestrator {
     pub fn attach_downlink(&mut self, iface: &str, conf: DownlinkConf) -> Result<u32, LoadError> {
         let idx = ifindex(iface)?;
         self.configure_downlink(idx, conf)?;
-        attach(&mut self.ebpf, programs::EGRESS, iface, self.mode)?;
+        self.attach_kept(programs::EGRESS, iface)?;
         Ok(idx)
     }
 

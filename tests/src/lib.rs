@@ -131,3 +131,68 @@ pub fn wait_stat(limit: std::time::Duration, check: impl Fn(&Value) -> bool) -> 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Paced TCP sessions from bt-ext to bt-int running in the background.
+pub struct Sessions {
+    runner: std::thread::JoinHandle<
+        Result<
+            Vec<Result<baton_control::traffic::TcpReport, baton_control::traffic::TrafficError>>,
+            baton_control::traffic::TrafficError,
+        >,
+    >,
+    progress: std::sync::Arc<baton_control::traffic::Progress>,
+}
+
+impl Sessions {
+    /// Starts `flows`, each sending `pace`; a connection stalled longer than `stall` is lost.
+    pub fn start(
+        flows: Vec<baton_control::traffic::TcpFlow>,
+        pace: baton_control::traffic::Pace,
+        stall: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Sessions {
+        let progress = std::sync::Arc::new(baton_control::traffic::Progress::default());
+        let runner = {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                baton_control::traffic::tcp_sessions(
+                    baton_control::lab::NS_EXT,
+                    baton_control::lab::NS_INT,
+                    &flows,
+                    pace,
+                    stall,
+                    timeout,
+                    progress,
+                )
+            })
+        };
+        Sessions { runner, progress }
+    }
+
+    /// Waits until `bytes` have arrived (every connection is under way); panics after 20 s.
+    pub fn wait_bytes(&self, bytes: u64) {
+        let start = std::time::Instant::now();
+        while self
+            .progress
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < bytes
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "sessions did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for every connection to end; one result per connection.
+    pub fn finish(
+        self,
+    ) -> Vec<Result<baton_control::traffic::TcpReport, baton_control::traffic::TrafficError>> {
+        self.runner
+            .join()
+            .expect("sessions thread")
+            .expect("sessions set up")
+    }
+}

@@ -3,13 +3,12 @@
 
 use std::{
     net::IpAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use baton_control::{
-    lab::{NS_EXT, NS_INT, NS_ORCH},
-    traffic::{in_netns, join, tcp_sessions, Pace, Progress, TcpFlow, TcpReport, TrafficError},
+    lab::NS_ORCH,
+    traffic::{in_netns, join, Pace, TcpFlow, TcpReport, TrafficError},
 };
 use baton_dataplane::loader::FaultInjector;
 use baton_tests::*;
@@ -95,36 +94,12 @@ fn wait_synced(limit: Duration) {
 /// of the member's namespace) once all connections are established and, with sync, each
 /// has a copy at its backup; waits for every connection to end.
 fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64) -> Outcome {
-    let progress = Arc::new(Progress::default());
-    let runner = {
-        let progress = progress.clone();
-        let mut flows = flows(port);
-        for f in flows.iter_mut() {
-            f.bytes = PACE.chunk as u64 * rounds;
-        }
-        std::thread::spawn(move || {
-            tcp_sessions(
-                NS_EXT,
-                NS_INT,
-                &flows,
-                PACE,
-                STALL_LIMIT,
-                Duration::from_secs(90),
-                progress,
-            )
-        })
-    };
-    // Every connection has sent a few chunks.
-    let start = Instant::now();
-    while progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
-        < SESSIONS * PACE.chunk as u64 * 10
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "sessions did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let mut flows = flows(port);
+    for f in flows.iter_mut() {
+        f.bytes = PACE.chunk as u64 * rounds;
     }
+    let sessions = Sessions::start(flows, PACE, STALL_LIMIT, Duration::from_secs(90));
+    sessions.wait_bytes(SESSIONS * PACE.chunk as u64 * 10);
     let mut victim_connections = 0;
     for victim in victims {
         if synced {
@@ -145,10 +120,7 @@ fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64) -> O
                 .any(|m| m["id"] == *victim && m["state"] == "down")
         });
     }
-    let results = runner
-        .join()
-        .expect("sessions thread")
-        .expect("sessions set up");
+    let results = sessions.finish();
     Outcome {
         results,
         victim_connections,
@@ -356,18 +328,12 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
     // Some connections, so records flow from member 2 to member 1 (and back).
     let capture = capture_sync_frame("sy-sgm2", mac1);
     std::thread::sleep(Duration::from_millis(300));
-    let progress = Arc::new(Progress::default());
-    let runner = std::thread::spawn(move || {
-        tcp_sessions(
-            NS_EXT,
-            NS_INT,
-            &flows(26000)[..40],
-            PACE,
-            STALL_LIMIT,
-            Duration::from_secs(30),
-            progress,
-        )
-    });
+    let sessions = Sessions::start(
+        flows(26000)[..40].to_vec(),
+        PACE,
+        STALL_LIMIT,
+        Duration::from_secs(30),
+    );
     let genuine = join(capture).expect("capture");
     let counters = |s: &Value, f: &str| {
         s["members"]
@@ -412,7 +378,7 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
         "garbage not counted: {after}"
     );
     // The genuine streams went on: every connection completes.
-    let results = runner.join().unwrap().expect("sessions");
+    let results = sessions.finish();
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
 
@@ -516,31 +482,8 @@ fn join_mid_transfer(
     synced: bool,
 ) -> (Vec<Result<TcpReport, TrafficError>>, Value) {
     baton_ok(&["detach", &member.to_string()]);
-    let progress = Arc::new(Progress::default());
-    let runner = {
-        let progress = progress.clone();
-        std::thread::spawn(move || {
-            tcp_sessions(
-                NS_EXT,
-                NS_INT,
-                &flows(port),
-                PACE,
-                STALL_LIMIT,
-                Duration::from_secs(90),
-                progress,
-            )
-        })
-    };
-    let start = Instant::now();
-    while progress.bytes.load(std::sync::atomic::Ordering::Relaxed)
-        < SESSIONS * PACE.chunk as u64 * 10
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "sessions did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let sessions = Sessions::start(flows(port), PACE, STALL_LIMIT, Duration::from_secs(90));
+    sessions.wait_bytes(SESSIONS * PACE.chunk as u64 * 10);
     if synced {
         wait_synced(Duration::from_secs(10));
     }
@@ -552,11 +495,7 @@ fn join_mid_transfer(
             .iter()
             .any(|m| m["id"] == member && m["state"] == "active")
     });
-    let results = runner
-        .join()
-        .expect("sessions thread")
-        .expect("sessions set up");
-    (results, s)
+    (sessions.finish(), s)
 }
 
 /// A member that (re)joins is first the backup of the buckets it will own and takes them

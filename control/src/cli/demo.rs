@@ -62,6 +62,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
         queues: 1,
         busy_poll: None,
         heartbeat_ms: 100,
+        pins: true,
         exe,
     })?;
     println!(

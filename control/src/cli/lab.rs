@@ -37,6 +37,10 @@ pub enum LabCommand {
         /// Heartbeat interval in ms; a member is Down after 3 intervals of silence.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=10_000))]
         heartbeat_ms: u64,
+        /// Do not pin the orchestrator's maps and XDP attachments: its restart then stops
+        /// the data path (the negative control of the restart test).
+        #[arg(long, hide = true)]
+        no_pins: bool,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -54,6 +58,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             queues,
             busy_poll,
             heartbeat_ms,
+            no_pins,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -66,6 +71,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 queues,
                 busy_poll,
                 heartbeat_ms,
+                pins: !no_pins,
                 exe,
             })?;
             let g = &stat.groups[0];

@@ -30,6 +30,10 @@ pub struct Cli {
         default_value = "/run/baton/api.sock"
     )]
     api: PathBuf,
+    /// With `--api http://HOST:PORT` (the API over TCP): the file holding the bearer token
+    /// (or set BATON_API_TOKEN).
+    #[arg(long, global = true, env = "BATON_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         command: sync::SyncCommand,
     },
+    /// Print a shell completion script (e.g. `baton completions bash > /etc/bash_completion.d/baton`).
+    Completions { shell: clap_complete::Shell },
     /// Run the orchestrator daemon.
     Orchestrator {
         #[arg(long)]
@@ -81,7 +87,22 @@ enum Command {
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = baton_control::api::Client::new(cli.api);
+    let client = match cli.api.to_str().and_then(|a| a.strip_prefix("http://")) {
+        Some(addr) => {
+            let token = match (&cli.api_token_file, std::env::var("BATON_API_TOKEN")) {
+                (Some(f), _) => std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading the API token {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+                (None, Ok(t)) => t,
+                (None, Err(_)) => anyhow::bail!(
+                    "--api over TCP needs a bearer token: --api-token-file FILE or BATON_API_TOKEN"
+                ),
+            };
+            baton_control::api::Client::tcp(addr.trim_end_matches('/'), token)
+        }
+        None => baton_control::api::Client::new(cli.api),
+    };
     let result = match cli.command {
         Command::Lab { command } => lab::run(command),
         Command::Stat(args) => stat::run(&client, args),
@@ -101,6 +122,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Search(args) => search::run(&client, args),
         Command::Sync { command } => sync::run(&client, command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
         Command::Sgm(opts) => daemon::member::run(opts),
     };

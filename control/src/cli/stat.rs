@@ -8,9 +8,15 @@ pub struct StatArgs {
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
+    /// Show one aspect: `tasks` (who runs which SMO-only and distributed task).
+    #[arg(short = 'i', long = "info", value_parser = ["tasks"])]
+    info: Option<String>,
 }
 
 pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
+    if args.info.as_deref() == Some("tasks") {
+        return tasks(client, args.json);
+    }
     let stat: Stat = client.get("/v1/stat")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stat)?);
@@ -72,6 +78,40 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
         .collect();
     if !nonzero.is_empty() {
         println!("xdp events: {}", nonzero.join(" "));
+    }
+    Ok(())
+}
+
+/// `baton stat -i tasks`.
+fn tasks(client: &Client, json: bool) -> anyhow::Result<()> {
+    let t: baton_control::tasks::TaskStat = client.get("/v1/tasks")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(());
+    }
+    for g in &t.groups {
+        println!(
+            "group {}  smo {}",
+            g.id,
+            g.smo.map_or("-".into(), |s| s.to_string())
+        );
+        println!(
+            "  {:>3} {:<9} tasks (reported by the member; * where it differs from the election)",
+            "id", "state"
+        );
+        for m in &g.members {
+            let mark = if m.running == m.assigned { "" } else { " *" };
+            println!(
+                "  {:>3} {:<9} {}{mark}",
+                m.id,
+                format!("{:?}", m.state).to_lowercase(),
+                if m.running.is_empty() {
+                    "-".to_string()
+                } else {
+                    m.running.join(", ")
+                }
+            );
+        }
     }
     Ok(())
 }

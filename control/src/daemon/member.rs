@@ -16,7 +16,7 @@ use baton_control::{
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
     config::{Config, GroupConfig, Role},
     membership::MemberState,
-    search,
+    search, tasks,
 };
 use baton_dataplane::{
     conntrack::{ConnTable, FlowKey, Timeouts},
@@ -332,6 +332,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut seq = 0u64;
     let mut requested_workers = workers;
     let mut state = MemberState::Down;
+    let mut smo = None;
     let mut next = Instant::now();
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     tracing::info!(member = opts.id, group = group.id, "member started");
@@ -415,6 +416,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                             .clone()
                     }),
                     sync_mac: sync_mac.clone(),
+                    tasks: tasks::tasks_for(opts.id, state, smo),
                 },
             };
             // The orchestrator may not be up yet: keep trying, never give up.
@@ -440,9 +442,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         }
                     }
                 }
-                if ack.state != state {
-                    tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, "member state");
+                if ack.state != state || ack.smo != smo {
+                    tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, tasks = ?tasks::tasks_for(opts.id, ack.state, ack.smo), "member state");
                     state = ack.state;
+                    smo = ack.smo;
                 }
             }
         }

@@ -26,7 +26,8 @@ use baton_control::{
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport, SyncPeer, TableUpdate},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
-    planner, search,
+    persist, planner, search,
+    tasks::{self, GroupTasks, MemberTasks, TaskStat},
 };
 use baton_dataplane::{
     dispatch::WORKERS_MAX,
@@ -55,6 +56,8 @@ struct Shared {
     workers: BTreeMap<u32, u32>,
     /// Bumped at every bucket-table change; members sync by the version they report.
     table_version: u64,
+    /// What was last written to the state file.
+    saved: Option<persist::State>,
     /// Joins under way in sync groups (state before steering): the joining members are
     /// Active but serve no bucket until every serving member has synced to them the
     /// connections of the buckets they will own or back up.
@@ -131,7 +134,25 @@ type SharedRef = Arc<Mutex<Shared>>;
 
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let mut programs = Orchestrator::load(config.orchestrator.xdp_driver_mode)?;
+    let o = &config.orchestrator;
+    let mut programs = if o.bpf_pin_dir.as_os_str().is_empty() {
+        Orchestrator::load(o.xdp_driver_mode)?
+    } else {
+        Orchestrator::load_pinned(o.xdp_driver_mode, &o.bpf_pin_dir)?
+    };
+    let restored = if o.state_file.as_os_str().is_empty() {
+        None
+    } else {
+        persist::load(&o.state_file)?
+    };
+    if let Some(r) = &restored {
+        tracing::info!(
+            table_version = r.table_version,
+            members = r.members.len(),
+            "state restored from {}",
+            o.state_file.display()
+        );
+    }
     let mut uplinks = Vec::new();
     let mut downlinks = BTreeMap::new();
     let mut tables = BTreeMap::new();
@@ -145,17 +166,28 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 .context("group without uplink")?;
             Ok(ifindex(&up.iface)?)
         };
+        // Keep the table the data path reads now (pinned maps outlive a restart).
+        let live = programs.group(slot).map_or(0, |c| c.table);
         programs.set_group(
             slot,
             GroupConf {
-                table: 0,
+                table: live,
                 mask: g.buckets - 1,
                 flood_ifindex: [flood(Role::External)?, flood(Role::Internal)?],
                 vmac: [g.vmac(0), g.vmac(1)],
                 _pad: [0; 4],
             },
         )?;
-        let table = planner::plan(&[], g.buckets);
+        let table = restored
+            .as_ref()
+            .and_then(|r| r.tables.get(&g.id))
+            .filter(|t| t.len() == g.buckets as usize)
+            .map(|t| {
+                t.iter()
+                    .map(|&(active, backup)| Bucket { active, backup })
+                    .collect()
+            })
+            .unwrap_or_else(|| planner::plan(&[], g.buckets));
         programs.install_buckets(slot, &table)?;
         tables.insert(g.id, table);
         for u in &g.uplinks {
@@ -198,7 +230,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             downlinks.insert(m.id, idx);
         }
     }
-    let membership = Membership::new(
+    let mut membership = Membership::new(
         config
             .groups
             .iter()
@@ -206,6 +238,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         Duration::from_millis(config.orchestrator.heartbeat_interval_ms),
         config.orchestrator.dead_count,
     );
+    if let Some(r) = &restored {
+        membership.restore(Instant::now(), r.members.clone());
+        for (id, st) in &r.members {
+            if let (MemberState::Active, Some(idx)) = (st, downlinks.get(id)) {
+                programs.add_member_port(*id, *idx)?;
+            }
+        }
+    }
     let shared = Arc::new(Mutex::new(Shared {
         config: config.clone(),
         programs,
@@ -214,9 +254,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         downlinks,
         uplinks,
         tables,
-        workers: BTreeMap::new(),
-        table_version: 1,
+        workers: restored
+            .as_ref()
+            .map(|r| r.workers.clone())
+            .unwrap_or_default(),
+        table_version: restored.as_ref().map_or(1, |r| r.table_version + 1),
         staging: BTreeMap::new(),
+        saved: None,
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
 
@@ -237,7 +281,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(serve_api(config.orchestrator.api_socket.clone(), shared))
+    rt.block_on(serve_api(config.orchestrator.clone(), shared))
 }
 
 fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
@@ -300,6 +344,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
             let actions = s.membership.handle(now, Event::Tick);
             apply(&mut s, actions)?;
         }
+        persist_changes(&mut s);
     }
 }
 
@@ -361,6 +406,31 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes the state file when what must survive a restart changed.
+fn persist_changes(s: &mut Shared) {
+    let path = s.config.orchestrator.state_file.clone();
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    let state = persist::State {
+        table_version: s.table_version,
+        members: s.membership.members().map(|(id, _, st)| (id, st)).collect(),
+        tables: s
+            .tables
+            .iter()
+            .map(|(g, t)| (*g, t.iter().map(|b| (b.active, b.backup)).collect()))
+            .collect(),
+        workers: s.workers.clone(),
+    };
+    if s.saved.as_ref() == Some(&state) {
+        return;
+    }
+    match persist::save(&path, &state) {
+        Ok(()) => s.saved = Some(state),
+        Err(e) => tracing::error!("{e}"),
+    }
 }
 
 /// Lets joining members take their buckets once every serving member of the group has
@@ -451,7 +521,11 @@ fn replan(
     Ok(())
 }
 
-async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Result<()> {
+async fn serve_api(
+    o: baton_control::config::OrchestratorConfig,
+    shared: SharedRef,
+) -> anyhow::Result<()> {
+    let path = o.api_socket.clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -469,10 +543,41 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
         .route("/v1/search", get(search_bucket))
         .route("/v1/buckets", get(buckets))
         .route("/v1/sync", get(sync_stat))
+        .route("/v1/tasks", get(task_stat))
         .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
         .route("/v1/members/{id}/detach", axum::routing::post(detach))
         .route("/v1/members/{id}/attach", axum::routing::post(attach))
         .with_state(shared);
+    if let (Some(addr), Some(token_file)) = (o.api_tcp, o.api_token_file.as_ref()) {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading the API token {}", token_file.display()))?
+            .trim()
+            .to_string();
+        if token.len() < 16 {
+            bail!(
+                "the API token in {} is shorter than 16 characters",
+                token_file.display()
+            );
+        }
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API's TCP address {addr}"))?;
+        let remote = app.clone().layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ));
+        tracing::info!(%addr, "API listening on TCP (bearer token required)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(
+                tcp,
+                remote.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            {
+                tracing::error!("TCP API stopped: {e}");
+            }
+        });
+    }
     tracing::info!(socket = %path.display(), "API listening");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -488,6 +593,37 @@ async fn serve_api(path: std::path::PathBuf, shared: SharedRef) -> anyhow::Resul
     let _ = std::fs::remove_file(&path);
     tracing::info!("orchestrator stopped");
     Ok(())
+}
+
+/// Lets a TCP request through only with `Authorization: Bearer <the token>`. The token is
+/// compared in constant time and never logged.
+async fn require_token(
+    State(token): State<Arc<String>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        tracing::warn!(%peer, path = %req.uri().path(), "API request without a valid bearer token refused");
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (send Authorization: Bearer <token>)".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 struct ApiError(StatusCode, String);
@@ -589,6 +725,42 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         uplinks,
         events,
     }))
+}
+
+/// Who runs which task: what the election assigns and what each member reports.
+async fn task_stat(State(shared): State<SharedRef>) -> Json<TaskStat> {
+    let s = shared.lock().unwrap();
+    let groups = s
+        .config
+        .groups
+        .iter()
+        .map(|g| {
+            let smo = s.membership.smo(g.id);
+            GroupTasks {
+                id: g.id,
+                smo,
+                members: g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let state = s.state(m.id);
+                        MemberTasks {
+                            id: m.id,
+                            state,
+                            assigned: tasks::tasks_for(m.id, state, smo),
+                            running: s
+                                .reports
+                                .get(&m.id)
+                                .filter(|_| state != MemberState::Down)
+                                .map(|(_, r)| r.tasks.clone())
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Json(TaskStat { groups })
 }
 
 /// HyperSync figures as the members last reported them.
