@@ -44,6 +44,10 @@ pub struct MemberStat {
     pub connections: u64,
     pub backup_connections: u64,
     pub policy_version: u64,
+    /// When that version was installed (seconds since the Unix epoch; 0: the member's own
+    /// file).
+    #[serde(default)]
+    pub policy_date: u64,
     /// Frames the orchestrator sent to the member and got back from it (XDP counters).
     pub to_member_packets: u64,
     pub from_member_packets: u64,
@@ -113,6 +117,51 @@ pub struct SyncMemberStat {
     /// dropped and the first replies it held.
     #[serde(flatten)]
     pub sync: baton_dataplane::sync::engine::SyncReport,
+}
+
+/// `POST /v1/policy`: a policy file's text to install on a group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInstall {
+    pub text: String,
+    #[serde(default = "group_one")]
+    pub group: u32,
+}
+
+fn group_one() -> u32 {
+    1
+}
+
+/// `POST /v1/policy/rollback`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRollback {
+    #[serde(default = "group_one")]
+    pub group: u32,
+}
+
+/// The answer of an install or rollback that took effect.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyInstalled {
+    pub group: u32,
+    pub version: u64,
+    pub members: Vec<u32>,
+}
+
+/// `GET /v1/policy?group=G`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyStat {
+    pub group: u32,
+    pub current: Option<PolicyVersionStat>,
+    pub versions: Vec<PolicyVersionStat>,
+    /// A version being installed, and its phase.
+    pub installing: Option<(u64, String)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyVersionStat {
+    pub version: u64,
+    pub installed_at: u64,
 }
 
 /// `POST /v1/members/{id}/workers`: the worker count a member should run.

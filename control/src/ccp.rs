@@ -48,6 +48,13 @@ pub struct MemberReport {
     /// The tasks the member runs (from its state and the master it was told).
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Policy versions: enforced, prepared, refused.
+    #[serde(default)]
+    pub policy: crate::policy_dist::PolicyReport,
+    /// When the enforced policy was installed (seconds since the Unix epoch; 0: from the
+    /// member's own file).
+    #[serde(default)]
+    pub policy_date: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -71,6 +78,9 @@ pub struct HeartbeatAck {
     /// The group's bucket table and sync peers, when the member's copy is out of date.
     #[serde(default)]
     pub table: Option<TableUpdate>,
+    /// A policy to prepare or enforce.
+    #[serde(default)]
+    pub policy: Option<crate::policy_dist::PolicyCommand>,
 }
 
 /// The bucket table as members sync by it.
@@ -236,6 +246,7 @@ mod tests {
             state: MemberState::Active,
             smo: Some(1),
             workers: None,
+            policy: None,
             table: Some(TableUpdate::new(
                 7,
                 &table,

@@ -60,6 +60,10 @@ pub struct OrchestratorConfig {
     /// Attach XDP in driver (native) mode; otherwise let the kernel choose.
     #[serde(default = "yes")]
     pub xdp_driver_mode: bool,
+    /// The policy every group starts with (its version 1, say) when nothing is installed
+    /// yet; later versions come through `baton policy install`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
     /// TCP address of the REST API for remote use (e.g. "0.0.0.0:8117"); needs
     /// `api_token_file`. None: the Unix socket only.
     #[serde(default)]

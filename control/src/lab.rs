@@ -155,6 +155,7 @@ pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
             heartbeat_interval_ms: 100,
             dead_count: 3,
             xdp_driver_mode: true,
+            policy_file: Some(Path::new(STATE_DIR).join(POLICY_FILE)),
             api_tcp: None,
             api_token_file: None,
             bpf_pin_dir: PathBuf::from(PIN_DIR),

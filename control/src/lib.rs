@@ -10,6 +10,7 @@ pub mod lab;
 pub mod membership;
 pub mod persist;
 pub mod planner;
+pub mod policy_dist;
 pub mod search;
 pub mod tasks;
 pub mod traffic;

@@ -24,6 +24,9 @@ pub struct State {
     pub tables: BTreeMap<u32, Vec<(u32, u32)>>,
     /// Worker counts asked of members (Dynamic Balancing).
     pub workers: BTreeMap<u32, u32>,
+    /// Each group's policy versions, oldest first (the last is current).
+    #[serde(default)]
+    pub policies: BTreeMap<u32, Vec<crate::policy_dist::PolicyVersion>>,
 }
 
 #[derive(Debug, Error)]
@@ -119,6 +122,7 @@ mod tests {
             members: [(1, MemberState::Active), (2, MemberState::Detached)].into(),
             tables: [(1, vec![(1, 2), (2, 1)])].into(),
             workers: [(1, 2)].into(),
+            policies: BTreeMap::new(),
         }
     }
 

@@ -141,7 +141,7 @@ fn the_api_over_tcp_answers_as_its_spec_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8, "every operation of the spec was checked");
+    assert_eq!(checked, 11, "every operation of the spec was checked");
     // Detach and attach above left member 2 in service again.
     baton_ok(&["attach", "2"]);
 }

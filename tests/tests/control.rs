@@ -83,3 +83,121 @@ fn the_cli_prints_shell_completions() {
         "an unknown shell is a usage error"
     );
 }
+
+const NO_SSH: &str = r#"version = 2
+[[rules]]
+name = "no ssh"
+proto = "tcp"
+dport = "22"
+action = "drop"
+[[rules]]
+name = "the rest"
+action = "accept"
+"#;
+
+/// Whether a TCP connection from bt-ext to bt-int port `port` opens within 2 s.
+fn tcp_ok(port: u16) -> bool {
+    use baton_control::{
+        lab::{NS_EXT, NS_INT},
+        traffic::{in_netns, join},
+    };
+    let addr: std::net::SocketAddr = format!("198.19.0.5:{port}").parse().unwrap();
+    let listener = join(in_netns(NS_INT, move || {
+        std::net::TcpListener::bind(addr).map_err(|e| baton_control::traffic::TrafficError::Io {
+            what: "listen".into(),
+            source: e,
+        })
+    }))
+    .expect("listener");
+    let connected = join(in_netns(NS_EXT, move || {
+        Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+    }))
+    .expect("connect");
+    drop(listener);
+    connected
+}
+
+fn policy_versions() -> Vec<(u64, u64)> {
+    member_field(&stat_json(), "policy_version")
+}
+
+#[test]
+fn policies_install_everywhere_roll_back_and_reach_a_restarted_member() {
+    let _lab = Lab::up(3);
+    assert!(tcp_ok(22) && tcp_ok(80), "version 1 accepts everything");
+    let dir = std::env::temp_dir().join(format!("baton-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("v2.toml");
+    std::fs::write(&file, NO_SSH).unwrap();
+    let out = baton_ok(&["policy", "install", file.to_str().unwrap()]);
+    assert!(
+        out.contains("version 2 enforced by members [1, 2, 3]"),
+        "{out}"
+    );
+    let s = stat_json();
+    for m in s["groups"][0]["members"].as_array().unwrap() {
+        assert_eq!(m["policy_version"], 2, "{m}");
+        assert!(m["policy_date"].as_u64().unwrap() > 0, "{m}");
+    }
+    assert!(!tcp_ok(22), "version 2 drops ssh");
+    assert!(tcp_ok(80), "version 2 accepts the rest");
+
+    // Bad input changes nothing.
+    std::fs::write(&file, "version = 3\n[[rules]]\naction = \"allow\"\n").unwrap();
+    let out = baton(&["policy", "install", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy refused"));
+    std::fs::write(&file, NO_SSH).unwrap();
+    let out = baton(&["policy", "install", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not newer"));
+    assert!(policy_versions().iter().all(|(_, v)| *v == 2));
+
+    // A member that restarts with its own file (version 1) becomes Active only once it
+    // enforces version 2.
+    kill_ns("bt-sgm2");
+    wait_stat(Duration::from_secs(2), |s| {
+        s["groups"][0]["members"][1]["state"] == "down"
+    });
+    let opts = baton_control::lab::LabOptions {
+        sgms: 3,
+        sync: true,
+        mode: baton_control::config::Mode::General,
+        l4: false,
+        table_size: 1_000_000,
+        workers: 1,
+        queues: 1,
+        busy_poll: None,
+        heartbeat_ms: 100,
+        pins: true,
+        exe: baton_bin(),
+    };
+    baton_control::lab::start_member(&opts, 2).unwrap();
+    let start = Instant::now();
+    loop {
+        let s = stat_json();
+        let m = &s["groups"][0]["members"][1];
+        if m["state"] == "active" {
+            assert_eq!(
+                m["policy_version"], 2,
+                "active before enforcing the current policy: {m}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "member 2 did not come back: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Rollback: version 1 everywhere again.
+    let out = baton_ok(&["policy", "rollback"]);
+    assert!(out.contains("version 1 enforced"), "{out}");
+    assert!(
+        policy_versions().iter().all(|(_, v)| *v == 1),
+        "{:?}",
+        policy_versions()
+    );
+    assert!(tcp_ok(22));
+    let _ = std::fs::remove_dir_all(&dir);
+}

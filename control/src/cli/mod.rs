@@ -2,6 +2,7 @@
 
 mod demo;
 mod lab;
+mod policy;
 mod search;
 mod stat;
 mod sync;
@@ -75,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: sync::SyncCommand,
     },
+    /// Policy versions: install through the SMO master, roll back, show.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Print a shell completion script (e.g. `baton completions bash > /etc/bash_completion.d/baton`).
     Completions { shell: clap_complete::Shell },
     /// Run the orchestrator daemon.
@@ -122,6 +128,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Search(args) => search::run(&client, args),
         Command::Sync { command } => sync::run(&client, command),
+        Command::Policy { command } => policy::run(&client, command),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());

@@ -16,6 +16,7 @@ use baton_control::{
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
     config::{Config, GroupConfig, Role},
     membership::MemberState,
+    policy_dist::{PolicyCommand, PolicyReport},
     search, tasks,
 };
 use baton_dataplane::{
@@ -333,6 +334,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut requested_workers = workers;
     let mut state = MemberState::Down;
     let mut smo = None;
+    // Policies from the orchestrator: one compiled and held (prepare), one refused, and
+    // the install date of the one sent to the workers.
+    let mut prepared: Option<Arc<Policy>> = None;
+    let mut policy_error: Option<(u64, String)> = None;
+    let mut sent_policy: Option<(u64, u64)> = None;
     let mut next = Instant::now();
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     tracing::info!(member = opts.id, group = group.id, "member started");
@@ -417,6 +423,14 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     }),
                     sync_mac: sync_mac.clone(),
                     tasks: tasks::tasks_for(opts.id, state, smo),
+                    policy: PolicyReport {
+                        enforced: stats.policy_version.load(Ordering::Relaxed),
+                        prepared: prepared.as_ref().map(|p| p.version),
+                        error: policy_error.clone(),
+                    },
+                    policy_date: sent_policy
+                        .filter(|(v, _)| *v == stats.policy_version.load(Ordering::Relaxed))
+                        .map_or(0, |(_, d)| d),
                 },
             };
             // The orchestrator may not be up yet: keep trying, never give up.
@@ -430,6 +444,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         requested_workers = n;
                         let _ = control_tx.send(Control::Workers(n));
                     }
+                }
+                if let Some(cmd) = &ack.policy {
+                    follow_policy(
+                        cmd,
+                        &mut prepared,
+                        &mut policy_error,
+                        &mut sent_policy,
+                        &control_tx,
+                        stats.policy_version.load(Ordering::Relaxed),
+                    );
                 }
                 if let Some(t) = &ack.table {
                     match t.view() {
@@ -461,6 +485,64 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("member stopped");
     Ok(())
+}
+
+/// Does what the orchestrator asks of a policy: compile and hold it (prepare), or send it
+/// to the workers (commit), compiling it first if it was not prepared.
+fn follow_policy(
+    cmd: &PolicyCommand,
+    prepared: &mut Option<Arc<Policy>>,
+    error: &mut Option<(u64, String)>,
+    sent: &mut Option<(u64, u64)>,
+    control: &crossbeam_channel::Sender<Control>,
+    enforced: u64,
+) {
+    let compile = |text: &str| -> Result<Arc<Policy>, String> {
+        let p = Policy::parse(text).map_err(|e| e.to_string())?;
+        if p.version != cmd.version {
+            return Err(format!(
+                "the text says version {}, not {}",
+                p.version, cmd.version
+            ));
+        }
+        Ok(Arc::new(p))
+    };
+    if !cmd.commit {
+        if prepared.as_ref().is_some_and(|p| p.version == cmd.version)
+            || error.as_ref().is_some_and(|(v, _)| *v == cmd.version)
+        {
+            return;
+        }
+        match compile(&cmd.text) {
+            Ok(p) => {
+                tracing::info!(version = cmd.version, "policy prepared");
+                *prepared = Some(p);
+            }
+            Err(e) => {
+                tracing::error!(version = cmd.version, "policy refused: {e}");
+                *error = Some((cmd.version, e));
+            }
+        }
+        return;
+    }
+    if enforced == cmd.version || sent.is_some_and(|(v, _)| v == cmd.version) {
+        return;
+    }
+    let policy = match prepared.take().filter(|p| p.version == cmd.version) {
+        Some(p) => p,
+        None => match compile(&cmd.text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(version = cmd.version, "policy refused: {e}");
+                *error = Some((cmd.version, e));
+                return;
+            }
+        },
+    };
+    if control.try_send(Control::Policy(policy)).is_ok() {
+        tracing::info!(version = cmd.version, "policy committed");
+        *sent = Some((cmd.version, cmd.installed_at));
+    }
 }
 
 /// Workers running now (one when the port runs its forwarder itself).

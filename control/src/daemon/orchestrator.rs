@@ -20,13 +20,16 @@ use axum::{
 use baton_common::{key, Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
     api::{
-        BucketTable, ErrorBody, GroupStat, MemberStat, SearchResult, Stat, SyncMemberStat,
+        BucketTable, ErrorBody, GroupStat, MemberStat, PolicyInstall, PolicyInstalled,
+        PolicyRollback, PolicyStat, PolicyVersionStat, SearchResult, Stat, SyncMemberStat,
         SyncStat, UplinkStat, WorkersRequest,
     },
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport, SyncPeer, TableUpdate},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
-    persist, planner, search,
+    persist, planner,
+    policy_dist::{Outcome, PolicyReport, PolicyStore, PolicyVersion, PHASE_MAX},
+    search,
     tasks::{self, GroupTasks, MemberTasks, TaskStat},
 };
 use baton_dataplane::{
@@ -56,6 +59,8 @@ struct Shared {
     workers: BTreeMap<u32, u32>,
     /// Bumped at every bucket-table change; members sync by the version they report.
     table_version: u64,
+    /// Each group's policy versions and the install under way.
+    policies: BTreeMap<u32, PolicyStore>,
     /// What was last written to the state file.
     saved: Option<persist::State>,
     /// Joins under way in sync groups (state before steering): the joining members are
@@ -230,6 +235,25 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             downlinks.insert(m.id, idx);
         }
     }
+    // Each group's policies: as persisted, else the configured starting policy.
+    let mut policies = BTreeMap::new();
+    for g in &config.groups {
+        let mut store = PolicyStore::default();
+        if let Some(h) = restored.as_ref().and_then(|r| r.policies.get(&g.id)) {
+            store.history = h.clone();
+        } else if let Some(f) = &config.orchestrator.policy_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the policy {}", f.display()))?;
+            let p = baton_dataplane::policy::Policy::parse(&text)
+                .with_context(|| format!("the policy {}", f.display()))?;
+            store.history.push(PolicyVersion {
+                version: p.version,
+                text,
+                installed_at: unix_now(),
+            });
+        }
+        policies.insert(g.id, store);
+    }
     let mut membership = Membership::new(
         config
             .groups
@@ -260,6 +284,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .unwrap_or_default(),
         table_version: restored.as_ref().map_or(1, |r| r.table_version + 1),
         staging: BTreeMap::new(),
+        policies,
         saved: None,
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
@@ -312,17 +337,27 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
         if let Some((n, from)) = received {
             match ccp::decode::<Heartbeat>(&buf[..n]) {
                 Some(hb) if s.membership.state(hb.member).is_some() => {
+                    let group = s.membership.group(hb.member).unwrap_or(0);
+                    // A member is ready only once it enforces the group's current policy.
+                    let policy_ok = s
+                        .policies
+                        .get(&group)
+                        .is_none_or(|p| p.member_ready(&hb.report.policy));
                     let actions = s.membership.handle(
                         now,
                         Event::Heartbeat {
                             member: hb.member,
-                            ready: hb.ready,
+                            ready: hb.ready && policy_ok,
                         },
                     );
                     s.reports.insert(hb.member, (now, hb.report));
                     apply(&mut s, actions)?;
                     finish_joins(&mut s, now)?;
-                    let group = s.membership.group(hb.member).unwrap_or(0);
+                    step_policies(&mut s, now);
+                    let policy = s
+                        .policies
+                        .get(&group)
+                        .and_then(|p| p.command(hb.member, &s.reports.get(&hb.member)?.1.policy));
                     let ack = HeartbeatAck {
                         member: hb.member,
                         seq: hb.seq,
@@ -330,6 +365,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                         smo: s.membership.smo(group),
                         workers: s.workers.get(&hb.member).copied(),
                         table: table_update(&s, hb.member, group),
+                        policy,
                     };
                     let _ = sock.send_to(&ccp::encode(&ack), from);
                 }
@@ -343,6 +379,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
             last_tick = now;
             let actions = s.membership.handle(now, Event::Tick);
             apply(&mut s, actions)?;
+            step_policies(&mut s, now);
         }
         persist_changes(&mut s);
     }
@@ -408,6 +445,28 @@ fn apply(s: &mut Shared, actions: Vec<Action>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Advances every group's policy install with the members' latest reports.
+fn step_policies(s: &mut Shared, now: Instant) {
+    let groups: Vec<u32> = s.policies.keys().copied().collect();
+    for g in groups {
+        let alive = s.serving(g);
+        let reports: BTreeMap<u32, PolicyReport> = s
+            .reports
+            .iter()
+            .map(|(id, (_, r))| (*id, r.policy.clone()))
+            .collect();
+        if let Some(p) = s.policies.get_mut(&g) {
+            p.step(now, &reports, &alive);
+        }
+    }
+}
+
 /// Writes the state file when what must survive a restart changed.
 fn persist_changes(s: &mut Shared) {
     let path = s.config.orchestrator.state_file.clone();
@@ -423,6 +482,11 @@ fn persist_changes(s: &mut Shared) {
             .map(|(g, t)| (*g, t.iter().map(|b| (b.active, b.backup)).collect()))
             .collect(),
         workers: s.workers.clone(),
+        policies: s
+            .policies
+            .iter()
+            .map(|(g, p)| (*g, p.history.clone()))
+            .collect(),
     };
     if s.saved.as_ref() == Some(&state) {
         return;
@@ -544,6 +608,8 @@ async fn serve_api(
         .route("/v1/buckets", get(buckets))
         .route("/v1/sync", get(sync_stat))
         .route("/v1/tasks", get(task_stat))
+        .route("/v1/policy", get(policy_stat).post(install_policy))
+        .route("/v1/policy/rollback", axum::routing::post(rollback_policy))
         .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
         .route("/v1/members/{id}/detach", axum::routing::post(detach))
         .route("/v1/members/{id}/attach", axum::routing::post(attach))
@@ -669,6 +735,7 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                     .as_ref()
                     .map_or(report.backup_connections, |r| r.backup_connections),
                 policy_version: report.policy_version,
+                policy_date: report.policy_date,
                 to_member_packets: xdp.to_member_packets,
                 from_member_packets: xdp.from_member_packets,
                 buckets_active: count(|b| b.active),
@@ -725,6 +792,125 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
         uplinks,
         events,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupQuery {
+    #[serde(default = "one")]
+    group: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A group's policy versions.
+async fn policy_stat(
+    State(shared): State<SharedRef>,
+    Query(q): Query<GroupQuery>,
+) -> Result<Json<PolicyStat>, ApiError> {
+    let s = shared.lock().unwrap();
+    let p = s
+        .policies
+        .get(&q.group)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no group {}", q.group)))?;
+    let stat = |v: &PolicyVersion| PolicyVersionStat {
+        version: v.version,
+        installed_at: v.installed_at,
+    };
+    Ok(Json(PolicyStat {
+        group: q.group,
+        current: p.current().map(stat),
+        versions: p.history.iter().map(stat).collect(),
+        installing: p.installing().map(|(v, ph)| (v, format!("{ph:?}"))),
+    }))
+}
+
+/// Installs a policy on a group through its SMO master, everywhere or nowhere; answers
+/// when it took effect on every Active member, or why it did not.
+async fn install_policy(
+    State(shared): State<SharedRef>,
+    Json(req): Json<PolicyInstall>,
+) -> Result<Json<PolicyInstalled>, ApiError> {
+    let policy = baton_dataplane::policy::Policy::parse(&req.text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("policy refused: {e}")))?;
+    let target = PolicyVersion {
+        version: policy.version,
+        text: req.text,
+        installed_at: unix_now(),
+    };
+    run_install(shared, req.group, target, false).await
+}
+
+/// Installs the group's previous policy version again.
+async fn rollback_policy(
+    State(shared): State<SharedRef>,
+    Json(req): Json<PolicyRollback>,
+) -> Result<Json<PolicyInstalled>, ApiError> {
+    let target = {
+        let s = shared.lock().unwrap();
+        let p = s
+            .policies
+            .get(&req.group)
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no group {}", req.group)))?;
+        p.previous()
+            .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?
+    };
+    run_install(shared, req.group, target, true).await
+}
+
+async fn run_install(
+    shared: SharedRef,
+    group: u32,
+    target: PolicyVersion,
+    rollback: bool,
+) -> Result<Json<PolicyInstalled>, ApiError> {
+    let version = target.version;
+    {
+        let mut s = shared.lock().unwrap();
+        let members = s.serving(group);
+        let p = s
+            .policies
+            .get_mut(&group)
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no group {group}")))?;
+        p.install(target, &members, rollback, Instant::now())
+            .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+        tracing::info!(group, version, rollback, ?members, "policy install started");
+    }
+    // Three phases, each bounded.
+    let deadline = Instant::now() + PHASE_MAX * 3 + Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut s = shared.lock().unwrap();
+        let outcome = s
+            .policies
+            .get_mut(&group)
+            .and_then(|p| p.take_outcome(version));
+        match outcome {
+            Some(Outcome::Installed { members, .. }) => {
+                tracing::info!(group, version, "policy installed");
+                return Ok(Json(PolicyInstalled {
+                    group,
+                    version,
+                    members,
+                }));
+            }
+            Some(Outcome::Aborted(why)) => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("policy version {version} not installed anywhere: {why}"),
+                ))
+            }
+            None if Instant::now() > deadline => {
+                return Err(ApiError(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("policy version {version}: no outcome in time"),
+                ))
+            }
+            None => {}
+        }
+    }
 }
 
 /// Who runs which task: what the election assigns and what each member reports.
