@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context};
 use baton_control::{
     api::{Client, Stat, SyncStat},
-    config::{default_api_socket, Mode},
+    config::default_api_socket,
     lab::{self, LabOptions, NS_EXT, NS_INT},
     membership::MemberState,
     traffic::{tcp_sessions, tcp_streams, Pace, Progress, TcpFlow},
@@ -55,17 +55,10 @@ fn options(sync: bool, heartbeat_ms: u64) -> anyhow::Result<LabOptions> {
         );
     }
     Ok(LabOptions {
-        sgms: 3,
         sync,
-        mode: Mode::General,
-        l4: false,
         table_size: 65_536,
-        workers: 1,
-        queues: 1,
-        busy_poll: None,
         heartbeat_ms,
-        pins: true,
-        exe,
+        ..LabOptions::new(exe)
     })
 }
 

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context};
 use baton_control::{
     api::{Client, Stat},
-    config::{default_api_socket, Mode},
+    config::default_api_socket,
     lab::{self, ns_sgm, LabOptions},
     membership::MemberState,
 };
@@ -66,17 +66,8 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
     }
     lab::down()?;
     let opts = LabOptions {
-        sgms: 3,
-        sync: true,
-        mode: Mode::General,
-        l4: false,
         table_size: 65_536,
-        workers: 1,
-        queues: 1,
-        busy_poll: None,
-        heartbeat_ms: 100,
-        pins: true,
-        exe,
+        ..LabOptions::new(exe)
     };
     let _guard = LabGuard;
     lab::up(&opts)?;

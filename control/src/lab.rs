@@ -99,6 +99,25 @@ pub struct LabOptions {
     pub exe: PathBuf,
 }
 
+impl LabOptions {
+    /// `baton lab up`'s defaults, running the daemons from `exe`.
+    pub fn new(exe: PathBuf) -> Self {
+        Self {
+            sgms: 3,
+            sync: true,
+            mode: Mode::General,
+            l4: false,
+            table_size: 1_000_000,
+            workers: 1,
+            queues: 1,
+            busy_poll: None,
+            heartbeat_ms: 100,
+            pins: true,
+            exe,
+        }
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<String, LabError> {
     let out = cmd.stdin(Stdio::null()).output()?;
     if !out.status.success() {

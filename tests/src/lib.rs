@@ -196,3 +196,9 @@ impl Sessions {
             .expect("sessions set up")
     }
 }
+
+/// The options `baton lab up` uses by default, with the binary under test (to start a
+/// daemon of a live lab again).
+pub fn lab_options() -> baton_control::lab::LabOptions {
+    baton_control::lab::LabOptions::new(baton_bin())
+}

@@ -158,20 +158,7 @@ fn policies_install_everywhere_roll_back_and_reach_a_restarted_member() {
     wait_stat(Duration::from_secs(2), |s| {
         s["groups"][0]["members"][1]["state"] == "down"
     });
-    let opts = baton_control::lab::LabOptions {
-        sgms: 3,
-        sync: true,
-        mode: baton_control::config::Mode::General,
-        l4: false,
-        table_size: 1_000_000,
-        workers: 1,
-        queues: 1,
-        busy_poll: None,
-        heartbeat_ms: 100,
-        pins: true,
-        exe: baton_bin(),
-    };
-    baton_control::lab::start_member(&opts, 2).unwrap();
+    baton_control::lab::start_member(&lab_options(), 2).unwrap();
     let start = Instant::now();
     loop {
         let s = stat_json();

@@ -5,28 +5,12 @@
 use std::{net::IpAddr, time::Duration};
 
 use baton_control::{
-    lab::{self, LabOptions, NS_ORCH},
+    lab::{self, NS_ORCH},
     traffic::{Pace, TcpFlow, TcpReport, TrafficError},
 };
 use baton_tests::*;
 
 const SESSIONS: u64 = 60;
-
-fn options() -> LabOptions {
-    LabOptions {
-        sgms: 3,
-        sync: true,
-        mode: baton_control::config::Mode::General,
-        l4: false,
-        table_size: 100_000,
-        workers: 1,
-        queues: 1,
-        busy_poll: None,
-        heartbeat_ms: 100,
-        pins: true,
-        exe: baton_bin(),
-    }
-}
 
 /// Paced sessions (2 KB every 20 ms for 8 s) with the orchestrator killed (SIGKILL) after
 /// 1.5 s and started again `down_for` later.
@@ -52,7 +36,7 @@ fn restart_under_traffic(port: u16, down_for: Duration) -> Vec<Result<TcpReport,
     sessions.wait_bytes(SESSIONS * 2048 * 20);
     kill_ns(NS_ORCH);
     std::thread::sleep(down_for);
-    lab::start_orchestrator(&options()).expect("orchestrator started again");
+    lab::start_orchestrator(&lab_options()).expect("orchestrator started again");
     sessions.finish()
 }
 

@@ -12,7 +12,6 @@ use std::{
 
 use baton_control::{
     api::{Client, Stat, SyncStat},
-    config::Mode,
     lab::{self, LabOptions, NS_EXT, NS_INT},
     traffic::{self, Progress, TcpFlow},
 };
@@ -54,16 +53,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
     let _guard = LabGuard;
     let stat = lab::up(&LabOptions {
         sgms: args.sgms,
-        sync: true,
-        mode: Mode::General,
-        l4: false,
-        table_size: 1_000_000,
-        workers: 1,
-        queues: 1,
-        busy_poll: None,
-        heartbeat_ms: 100,
-        pins: true,
-        exe,
+        ..LabOptions::new(exe)
     })?;
     println!(
         "lab up: members {:?} active, SMO master {:?}",
