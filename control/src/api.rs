@@ -48,6 +48,9 @@ pub struct MemberStat {
     /// file).
     #[serde(default)]
     pub policy_date: u64,
+    /// Why the orchestrator isolated the member (a data-path partition), while it is.
+    #[serde(default)]
+    pub isolated: Option<String>,
     /// Frames the orchestrator sent to the member and got back from it (XDP counters).
     pub to_member_packets: u64,
     pub from_member_packets: u64,
@@ -117,6 +120,23 @@ pub struct SyncMemberStat {
     /// dropped and the first replies it held.
     #[serde(flatten)]
     pub sync: baton_dataplane::sync::engine::SyncReport,
+}
+
+/// `POST /v1/members`: admit a member to a group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAdd {
+    pub id: u32,
+    pub group: u32,
+    /// The orchestrator's interface towards the member.
+    pub downlink: String,
+}
+
+/// `POST /v1/members/{id}/move`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberMove {
+    pub group: u32,
 }
 
 /// `POST /v1/policy`: a policy file's text to install on a group.
@@ -232,6 +252,10 @@ impl Client {
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
         self.call(Method::GET, path, None)
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.call(Method::DELETE, path, None)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(

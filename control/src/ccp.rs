@@ -81,6 +81,9 @@ pub struct HeartbeatAck {
     /// A policy to prepare or enforce.
     #[serde(default)]
     pub policy: Option<crate::policy_dist::PolicyCommand>,
+    /// The member's group (0: unknown); a member moved to another group restarts.
+    #[serde(default)]
+    pub group: u32,
 }
 
 /// The bucket table as members sync by it.
@@ -247,6 +250,7 @@ mod tests {
             smo: Some(1),
             workers: None,
             policy: None,
+            group: 1,
             table: Some(TableUpdate::new(
                 7,
                 &table,

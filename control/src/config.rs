@@ -60,6 +60,9 @@ pub struct OrchestratorConfig {
     /// Attach XDP in driver (native) mode; otherwise let the kernel choose.
     #[serde(default = "yes")]
     pub xdp_driver_mode: bool,
+    /// Isolate a member whose heartbeats arrive but whose data path does not work.
+    #[serde(default = "yes")]
+    pub isolate_partitions: bool,
     /// The policy every group starts with (its version 1, say) when nothing is installed
     /// yet; later versions come through `baton policy install`.
     #[serde(default)]
@@ -260,6 +263,68 @@ impl Config {
         Ok(())
     }
 
+    /// Admits member `id` to `group` with its downlink, within the limits; on error the
+    /// configuration is unchanged.
+    pub fn add_member(&mut self, id: u32, group: u32, downlink: &str) -> Result<(), ConfigError> {
+        if let Some(g) = self.group_of(id) {
+            return Err(ConfigError::Invalid(format!(
+                "member {id} is already in group {} (a member is in one group; use move)",
+                g.id
+            )));
+        }
+        let mut next = self.clone();
+        next.groups
+            .iter_mut()
+            .find(|g| g.id == group)
+            .ok_or_else(|| ConfigError::Invalid(format!("no group {group}")))?
+            .members
+            .push(MemberConfig {
+                id,
+                downlink: downlink.to_string(),
+            });
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Removes member `id`; returns its group and downlink.
+    pub fn remove_member(&mut self, id: u32) -> Result<(u32, String), ConfigError> {
+        for g in self.groups.iter_mut() {
+            if let Some(i) = g.members.iter().position(|m| m.id == id) {
+                let m = g.members.remove(i);
+                return Ok((g.id, m.downlink));
+            }
+        }
+        Err(ConfigError::Invalid(format!("no member {id}")))
+    }
+
+    /// Moves member `id` (with its downlink) to `group`, within the limits.
+    pub fn move_member(&mut self, id: u32, group: u32) -> Result<(), ConfigError> {
+        let mut next = self.clone();
+        let (from, downlink) = next.remove_member(id)?;
+        if from == group {
+            return Err(ConfigError::Invalid(format!(
+                "member {id} is already in group {group}"
+            )));
+        }
+        next.add_member(id, group, &downlink)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Writes the configuration to `path` atomically (a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, self.to_toml().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    }
+
     pub fn group_of(&self, member: u32) -> Option<&GroupConfig> {
         self.groups
             .iter()
@@ -344,6 +409,49 @@ downlink = "dl-sgm1"
         assert_eq!(c.groups[0].mode, Mode::General);
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn members_are_added_removed_and_moved_within_the_limits() {
+        let mut c: Config = toml::from_str(SAMPLE).unwrap();
+        let mut g2 = c.groups[0].clone();
+        g2.id = 2;
+        g2.members.clear();
+        c.groups.push(g2);
+        let err = |r: Result<(), ConfigError>| r.unwrap_err().to_string();
+        assert!(err(c.add_member(1, 2, "x")).contains("already in group 1"));
+        assert!(err(c.add_member(64, 1, "x")).contains("outside 1..=63"));
+        assert!(err(c.add_member(5, 9, "x")).contains("no group 9"));
+        for id in 2..=14 {
+            c.add_member(id, 1, &format!("dl{id}")).unwrap();
+        }
+        let before = c.clone();
+        assert!(err(c.add_member(15, 1, "dl15")).contains("at most 14"));
+        assert_eq!(c, before, "a refused change changes nothing");
+        c.move_member(14, 2).unwrap();
+        assert_eq!(c.group_of(14).unwrap().id, 2);
+        assert_eq!(c.groups[1].members[0].downlink, "dl14");
+        assert!(err(c.move_member(14, 2)).contains("already in group 2"));
+        assert!(err(c.move_member(40, 2)).contains("no member 40"));
+        assert_eq!(c.remove_member(14).unwrap(), (2, "dl14".to_string()));
+        assert!(c.group_of(14).is_none());
+        // 52 per orchestrator, across groups.
+        let mut big: Config = toml::from_str(SAMPLE).unwrap();
+        big.groups = (1..=4)
+            .map(|g| {
+                let mut x = c.groups[0].clone();
+                x.id = g;
+                x.members = (1..=13)
+                    .map(|i| MemberConfig {
+                        id: (g - 1) * 13 + i,
+                        downlink: format!("d{g}-{i}"),
+                    })
+                    .collect();
+                x
+            })
+            .collect();
+        big.validate().unwrap();
+        assert!(err(big.add_member(53, 4, "d53")).contains("at most 52"));
     }
 
     #[test]

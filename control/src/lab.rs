@@ -95,6 +95,8 @@ pub struct LabOptions {
     /// Pin the orchestrator's maps and attachments (so its restart interrupts nothing);
     /// off only for the negative control of that.
     pub pins: bool,
+    /// Isolate data-path partitions (off only for the negative control of that).
+    pub isolation: bool,
     /// The `baton` binary the daemons run.
     pub exe: PathBuf,
 }
@@ -113,6 +115,7 @@ impl LabOptions {
             busy_poll: None,
             heartbeat_ms: 100,
             pins: true,
+            isolation: true,
             exe,
         }
     }
@@ -175,6 +178,7 @@ pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
             dead_count: 3,
             xdp_driver_mode: true,
             policy_file: Some(Path::new(STATE_DIR).join(POLICY_FILE)),
+            isolate_partitions: true,
             api_tcp: None,
             api_token_file: None,
             bpf_pin_dir: PathBuf::from(PIN_DIR),
@@ -384,6 +388,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     if !opts.pins {
         cfg.orchestrator.bpf_pin_dir = PathBuf::new();
     }
+    cfg.orchestrator.isolate_partitions = opts.isolation;
     let key_path = state.join("sync.key");
     write_private(&key_path, &random_key()?)?;
     cfg.groups[0].sync_key_file = Some(key_path);

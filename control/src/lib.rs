@@ -8,6 +8,7 @@ pub mod ccp;
 pub mod config;
 pub mod lab;
 pub mod membership;
+pub mod partition;
 pub mod persist;
 pub mod planner;
 pub mod policy_dist;

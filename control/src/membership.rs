@@ -23,10 +23,26 @@ pub enum MemberState {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Heartbeat { member: u32, ready: bool },
+    Heartbeat {
+        member: u32,
+        ready: bool,
+    },
     Tick,
     Detach(u32),
     Attach(u32),
+    /// The orchestrator admits a member to a group (Down until heard).
+    Add {
+        member: u32,
+        group: u32,
+    },
+    /// The orchestrator removes a member (from any state).
+    Remove(u32),
+    /// The orchestrator moves a member to another group: it leaves its group at once and
+    /// rejoins the new one through Joining.
+    Move {
+        member: u32,
+        group: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +197,36 @@ impl Membership {
                     if e.state == MemberState::Detached {
                         e.state = MemberState::Down;
                         e.last_heard = None;
+                    }
+                }
+            }
+            Event::Add { member, group } => {
+                if let std::collections::btree_map::Entry::Vacant(v) = self.members.entry(member) {
+                    v.insert(Entry {
+                        group,
+                        state: MemberState::Down,
+                        last_heard: None,
+                    });
+                    self.smo.entry(group).or_insert(None);
+                }
+            }
+            Event::Remove(member) => {
+                if let Some(e) = self.members.remove(&member) {
+                    if e.state == MemberState::Active {
+                        out.push(Action::Deactivate(member));
+                    }
+                }
+            }
+            Event::Move { member, group } => {
+                if let Some(e) = self.members.get_mut(&member) {
+                    if e.group != group {
+                        if e.state == MemberState::Active {
+                            out.push(Action::Deactivate(member));
+                        }
+                        e.group = group;
+                        e.state = MemberState::Down;
+                        e.last_heard = None;
+                        self.smo.entry(group).or_insert(None);
                     }
                 }
             }
@@ -349,14 +395,19 @@ mod tests {
                     .prop_map(|(member, ready)| Event::Heartbeat { member, ready }),
                 Just(Event::Tick),
                 member.clone().prop_map(Event::Detach),
-                member.prop_map(Event::Attach),
+                member.clone().prop_map(Event::Attach),
+                (member.clone(), 1u32..=2).prop_map(|(member, group)| Event::Add { member, group }),
+                member.clone().prop_map(Event::Remove),
+                (member, 1u32..=2).prop_map(|(member, group)| Event::Move { member, group }),
             ],
         )
     }
 
     proptest! {
-        /// Over any sequence: at most one master per group, always the lowest Active id,
-        /// announced exactly when it changes; Activate/Deactivate alternate per member.
+        /// Over any sequence of heartbeats, silences, detaches, attaches, additions,
+        /// removals and moves: at most one master per group, always the lowest Active id,
+        /// announced exactly when it changes; Activate/Deactivate alternate per member; no
+        /// member is in two groups.
         #[test]
         fn master_is_always_lowest_active(events in proptest::collection::vec(event(), 1..200)) {
             let t0 = Instant::now();
@@ -384,6 +435,12 @@ mod tests {
                 }
                 let active_total: usize = [1, 2].iter().map(|g| m.active(*g).len()).sum();
                 prop_assert_eq!(active_total, steering.len());
+                // No member is in two groups: each appears once, in the group it reports.
+                let mut seen = std::collections::BTreeSet::new();
+                for (id, g, _) in m.members() {
+                    prop_assert!(seen.insert(id));
+                    prop_assert_eq!(m.group(id), Some(g));
+                }
             }
         }
     }

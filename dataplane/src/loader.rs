@@ -98,6 +98,8 @@ pub struct Orchestrator {
     ebpf: Ebpf,
     mode: XdpMode,
     pins: Option<PathBuf>,
+    /// Attachments made without pins, to detach one.
+    links: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
 }
 
 /// The pin of the attachment of `prog` to `iface`.
@@ -124,6 +126,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: None,
+            links: Default::default(),
         })
     }
 
@@ -148,6 +151,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: Some(dir.to_path_buf()),
+            links: Default::default(),
         })
     }
 
@@ -155,7 +159,16 @@ impl Orchestrator {
     /// earlier run is kept as it is (it already runs this program on the pinned maps).
     fn attach_kept(&mut self, prog: &'static str, iface: &str) -> Result<(), LoadError> {
         let Some(dir) = self.pins.clone() else {
-            return attach(&mut self.ebpf, prog, iface, self.mode);
+            ifindex(iface)?;
+            let mode = self.mode;
+            let p = loaded(&mut self.ebpf, prog)?;
+            let id = p.attach(iface, mode).map_err(|e| LoadError::Attach {
+                prog,
+                iface: iface.to_string(),
+                source: e,
+            })?;
+            self.links.insert(format!("{prog}/{iface}"), id);
+            return Ok(());
         };
         let pin = link_pin(&dir, prog, iface);
         if pin.exists() {
@@ -171,6 +184,27 @@ impl Orchestrator {
         let link = p.take_link(id).map_err(|e| LoadError::Program(prog, e))?;
         let fd: aya::programs::links::FdLink = link.try_into().map_err(|e| pin_error(&pin, e))?;
         fd.pin(&pin).map_err(|e| pin_error(&pin, e))?;
+        Ok(())
+    }
+
+    /// Detaches `egress` from a downlink (a member removed).
+    pub fn detach_downlink(&mut self, iface: &str) -> Result<(), LoadError> {
+        let prog = programs::EGRESS;
+        match &self.pins {
+            Some(dir) => {
+                let pin = link_pin(dir, prog, iface);
+                if pin.exists() {
+                    std::fs::remove_file(&pin).map_err(|e| pin_error(&pin, e))?;
+                }
+            }
+            None => {
+                if let Some(id) = self.links.remove(&format!("{prog}/{iface}")) {
+                    loaded(&mut self.ebpf, prog)?
+                        .detach(id)
+                        .map_err(|e| LoadError::Program(prog, e))?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -188,3 +188,134 @@ fn policies_install_everywhere_roll_back_and_reach_a_restarted_member() {
     assert!(tcp_ok(22));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn member_ids() -> Vec<u64> {
+    member_field(&stat_json(), "rx_packets")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// `baton sgm remove|add`: the orchestrator alone changes the members, within the limits,
+/// writing its configuration back; bad requests change nothing.
+#[test]
+fn members_are_removed_and_added_back_by_the_orchestrator() {
+    let _lab = Lab::up(3);
+    let config = std::path::Path::new(baton_control::lab::STATE_DIR).join("baton.toml");
+    baton_ok(&["sgm", "remove", "3"]);
+    assert_eq!(member_ids(), vec![1, 2]);
+    let table = bucket_table();
+    assert!(
+        !table.active.contains(&3) && !table.backup.contains(&3),
+        "member 3 holds no bucket"
+    );
+    assert!(!std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("dl-sgm3"));
+    for (args, says) in [
+        (&["sgm", "remove", "3"][..], "no member 3"),
+        (
+            &["sgm", "add", "1", "--downlink", "dl-sgm3"][..],
+            "already in group 1",
+        ),
+        (
+            &["sgm", "add", "64", "--downlink", "dl-sgm3"][..],
+            "outside 1..=63",
+        ),
+        (
+            &["sgm", "add", "5", "--group", "7", "--downlink", "dl-sgm3"][..],
+            "no group 7",
+        ),
+        (&["sgm", "add", "5", "--downlink", "nosuch0"][..], "nosuch0"),
+        (
+            &["sgm", "move", "1", "--group", "1"][..],
+            "already in group 1",
+        ),
+    ] {
+        let out = baton(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(err.contains("HTTP 4"), "{args:?}: a 4xx: {err}");
+    }
+    assert_eq!(member_ids(), vec![1, 2], "nothing changed");
+    // Its daemon still runs: added back, it joins and takes buckets again.
+    baton_ok(&["sgm", "add", "3", "--downlink", "dl-sgm3"]);
+    let s = wait_stat(Duration::from_secs(10), |s| {
+        member_field(s, "buckets_active")
+            .iter()
+            .any(|(id, b)| *id == 3 && *b > 0)
+    });
+    let m3 = &s["groups"][0]["members"][2];
+    assert_eq!(m3["state"], "active", "{m3}");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("dl-sgm3"));
+}
+
+/// Paced TCP sessions through the lab (2 KB every 20 ms for 8 s each).
+fn sessions(port: u16) -> Sessions {
+    let flows = (0..60u64)
+        .map(|i| baton_control::traffic::TcpFlow {
+            id: i,
+            client: std::net::IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
+            server: std::net::IpAddr::from([198, 19, 0, 1 + ((i * 11) % 63) as u8]),
+            port: port + i as u16,
+            bytes: 2048 * 400,
+        })
+        .collect();
+    let s = Sessions::start(
+        flows,
+        baton_control::traffic::Pace {
+            chunk: 2048,
+            gap: Duration::from_millis(20),
+        },
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    s.wait_bytes(60 * 2048 * 20);
+    s
+}
+
+/// Member 2's data port goes down while its heartbeats still arrive.
+fn partition_member_2() {
+    let out = in_ns("bt-sgm2", &["ip", "link", "set", "dl0", "down"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A member whose heartbeats arrive but whose data path is cut is isolated (its buckets go
+/// to their backups, which hold its connections), never left half in.
+#[test]
+fn a_member_with_a_partitioned_data_path_is_isolated() {
+    let _lab = Lab::up(3);
+    let s = sessions(31000);
+    std::thread::sleep(Duration::from_millis(500));
+    partition_member_2();
+    let st = wait_stat(Duration::from_secs(3), |s| {
+        s["groups"][0]["members"][1]["state"] == "detached"
+    });
+    let m2 = &st["groups"][0]["members"][1];
+    assert_eq!(m2["state"], "detached", "{m2}");
+    assert!(
+        m2["isolated"]
+            .as_str()
+            .unwrap_or("")
+            .contains("do not reach it"),
+        "{m2}"
+    );
+    let lost = s.finish().into_iter().filter(|r| r.is_err()).count();
+    assert_eq!(lost, 0, "connections lost although the member was isolated");
+}
+
+/// The negative control: without isolation the partitioned member keeps its buckets and
+/// its connections are lost.
+#[test]
+fn without_isolation_a_partitioned_member_loses_its_connections() {
+    let _lab = Lab::up_with(&["--sgms", "3", "--no-isolation"]);
+    let s = sessions(32000);
+    std::thread::sleep(Duration::from_millis(500));
+    partition_member_2();
+    let lost = s.finish().into_iter().filter(|r| r.is_err()).count();
+    assert!(lost >= 5, "only {lost} connections lost");
+    assert_eq!(stat_json()["groups"][0]["members"][1]["state"], "active");
+}

@@ -8,28 +8,22 @@ use std::{
 };
 
 use baton_control::{
-    lab::{NS_EXT, NS_INT, POLICY_FILE, STATE_DIR},
+    lab::{NS_EXT, NS_INT, STATE_DIR},
     traffic::{in_netns, join, tcp_streams, TcpFlow, TcpReport, TrafficError},
 };
 use baton_tests::*;
 use serde_json::Value;
 
-/// Writes the lab's policy file and makes every member reload it; waits until all enforce
-/// `version`.
+/// Installs a policy through the orchestrator (`baton policy install`); waits until all
+/// members enforce `version`.
 fn install_policy(text: &str, version: u64) {
-    std::fs::write(std::path::Path::new(STATE_DIR).join(POLICY_FILE), text).unwrap();
-    for ns in lab_namespaces()
-        .into_iter()
-        .filter(|n| n.starts_with("bt-sgm"))
-    {
-        let pids = std::process::Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()
-            .unwrap();
-        for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-            unsafe { libc::kill(p.parse().unwrap(), libc::SIGHUP) };
-        }
-    }
+    let file = std::path::Path::new(STATE_DIR).join(format!("policy-v{version}.toml"));
+    std::fs::write(&file, text).unwrap();
+    let out = baton_ok(&["policy", "install", file.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("version {version} enforced")),
+        "{out}"
+    );
     let s = wait_stat(Duration::from_secs(3), |s| {
         s["groups"][0]["members"]
             .as_array()

@@ -549,6 +549,11 @@ fn egress_sends_to_the_learned_uplink_or_floods_the_side() {
     assert_eq!(t.event(event::DROP_MALFORMED), malformed + 1);
     // Frames on a port that is not a downlink are dropped.
     assert_eq!(t.run(programs::EGRESS, &reply, ext).0, XDP_DROP);
+    // A member that is not Active (no port in the member map) is isolated.
+    t.orch.remove_member_port(2).unwrap();
+    let isolated = t.event(event::DROP_ISOLATED);
+    assert_eq!(t.run(programs::EGRESS, &reply, dl).0, XDP_DROP);
+    assert_eq!(t.event(event::DROP_ISOLATED), isolated + 1);
 }
 
 /// Rewrites an IPv4 frame's header with `options` (4-byte multiple) inserted.

@@ -41,6 +41,9 @@ pub enum LabCommand {
         /// the data path (the negative control of the restart test).
         #[arg(long, hide = true)]
         no_pins: bool,
+        /// Do not isolate data-path partitions (the negative control of that).
+        #[arg(long, hide = true)]
+        no_isolation: bool,
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
@@ -59,6 +62,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             busy_poll,
             heartbeat_ms,
             no_pins,
+            no_isolation,
         } => {
             let exe = std::env::current_exe()?;
             let stat = lab::up(&LabOptions {
@@ -72,6 +76,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 busy_poll,
                 heartbeat_ms,
                 pins: !no_pins,
+                isolation: !no_isolation,
                 exe,
             })?;
             let g = &stat.groups[0];

@@ -4,6 +4,7 @@ mod demo;
 mod lab;
 mod policy;
 mod search;
+mod sgm;
 mod stat;
 mod sync;
 
@@ -88,8 +89,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a member (SGM) daemon.
-    Sgm(daemon::member::Options),
+    /// Run a member (SGM) daemon (`baton sgm --config FILE --id K …`), or change the
+    /// members: `baton sgm add|remove|move|detach|attach`.
+    Sgm(SgmArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SgmArgs {
+    #[command(subcommand)]
+    command: Option<sgm::SgmCommand>,
+    #[command(flatten)]
+    run: Option<daemon::member::Options>,
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -135,7 +146,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(())
         }
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
-        Command::Sgm(opts) => daemon::member::run(opts),
+        Command::Sgm(SgmArgs { command: None, run }) => match run {
+            Some(opts) => daemon::member::run(opts),
+            None => {
+                anyhow::bail!("baton sgm needs --config and --id, or a subcommand (see --help)")
+            }
+        },
+        Command::Sgm(SgmArgs {
+            command: Some(cmd), ..
+        }) => sgm::run(&client, cmd),
     };
     match result {
         Err(e)

@@ -445,6 +445,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         let _ = control_tx.send(Control::Workers(n));
                     }
                 }
+                if ack.group != 0 && ack.group != group.id {
+                    // Moved to another group: its settings (sides, sync key) are another
+                    // group's now; the supervisor restarts it with them.
+                    tracing::error!(
+                        from = group.id,
+                        to = ack.group,
+                        "member moved to another group: stopping to be restarted"
+                    );
+                    stop.store(true, Ordering::Release);
+                }
                 if let Some(cmd) = &ack.policy {
                     follow_policy(
                         cmd,

@@ -20,13 +20,14 @@ use axum::{
 use baton_common::{key, Bucket, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{
     api::{
-        BucketTable, ErrorBody, GroupStat, MemberStat, PolicyInstall, PolicyInstalled,
-        PolicyRollback, PolicyStat, PolicyVersionStat, SearchResult, Stat, SyncMemberStat,
-        SyncStat, UplinkStat, WorkersRequest,
+        BucketTable, ErrorBody, GroupStat, MemberAdd, MemberMove, MemberStat, PolicyInstall,
+        PolicyInstalled, PolicyRollback, PolicyStat, PolicyVersionStat, SearchResult, Stat,
+        SyncMemberStat, SyncStat, UplinkStat, WorkersRequest,
     },
     ccp::{self, Heartbeat, HeartbeatAck, MemberReport, SyncPeer, TableUpdate},
     config::{Config, Role},
     membership::{Action, Event, MemberState, Membership},
+    partition::PathWatch,
     persist, planner,
     policy_dist::{Outcome, PolicyReport, PolicyStore, PolicyVersion, PHASE_MAX},
     search,
@@ -49,6 +50,8 @@ struct Uplink {
 
 struct Shared {
     config: Config,
+    /// Where the configuration lives: members added, removed or moved are written back.
+    config_path: std::path::PathBuf,
     programs: Orchestrator,
     membership: Membership,
     reports: BTreeMap<u32, (Instant, MemberReport)>,
@@ -59,6 +62,9 @@ struct Shared {
     workers: BTreeMap<u32, u32>,
     /// Bumped at every bucket-table change; members sync by the version they report.
     table_version: u64,
+    /// Data-path watches of Active members, and the members isolated for a partition.
+    paths: BTreeMap<u32, PathWatch>,
+    isolated: BTreeMap<u32, String>,
     /// Each group's policy versions and the install under way.
     policies: BTreeMap<u32, PolicyStore>,
     /// What was last written to the state file.
@@ -272,6 +278,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let shared = Arc::new(Mutex::new(Shared {
         config: config.clone(),
+        config_path: config_path.to_path_buf(),
         programs,
         membership,
         reports: BTreeMap::new(),
@@ -285,6 +292,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         table_version: restored.as_ref().map_or(1, |r| r.table_version + 1),
         staging: BTreeMap::new(),
         policies,
+        paths: BTreeMap::new(),
+        isolated: BTreeMap::new(),
         saved: None,
     }));
     tracing::info!(groups = config.groups.len(), "XDP programs attached");
@@ -352,6 +361,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                     );
                     s.reports.insert(hb.member, (now, hb.report));
                     apply(&mut s, actions)?;
+                    watch_path(&mut s, hb.member, now)?;
                     finish_joins(&mut s, now)?;
                     step_policies(&mut s, now);
                     let policy = s
@@ -366,6 +376,7 @@ fn ccp_loop(sock: UdpSocket, shared: SharedRef) -> anyhow::Result<()> {
                         workers: s.workers.get(&hb.member).copied(),
                         table: table_update(&s, hb.member, group),
                         policy,
+                        group,
                     };
                     let _ = sock.send_to(&ccp::encode(&ack), from);
                 }
@@ -449,6 +460,43 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Isolates a member whose heartbeats arrive but whose data path is partitioned.
+fn watch_path(s: &mut Shared, id: u32, now: Instant) -> anyhow::Result<()> {
+    if !s.config.orchestrator.isolate_partitions
+        || s.membership.state(id) != Some(MemberState::Active)
+        || s.is_joining(id)
+    {
+        s.paths.remove(&id);
+        return Ok(());
+    }
+    let xdp = s.programs.member_stats(id)?;
+    let Some((_, r)) = s.reports.get(&id) else {
+        return Ok(());
+    };
+    let (rx, tx) = (r.rx_packets, r.tx_packets);
+    let o = &s.config.orchestrator;
+    let dead = Duration::from_millis(o.heartbeat_interval_ms * o.dead_count as u64);
+    let w = s.paths.entry(id).or_insert_with(|| {
+        PathWatch::new(now, xdp.to_member_packets, xdp.from_member_packets, rx, tx)
+    });
+    if let Some(why) = w.observe(
+        now,
+        (xdp.to_member_packets, xdp.from_member_packets),
+        (rx, tx),
+        dead,
+    ) {
+        tracing::warn!(
+            member = id,
+            "member isolated: its data path is partitioned ({why}); attach it once repaired"
+        );
+        s.isolated.insert(id, why.to_string());
+        s.paths.remove(&id);
+        let actions = s.membership.handle(now, Event::Detach(id));
+        apply(s, actions)?;
+    }
+    Ok(())
 }
 
 /// Advances every group's policy install with the members' latest reports.
@@ -610,6 +658,9 @@ async fn serve_api(
         .route("/v1/tasks", get(task_stat))
         .route("/v1/policy", get(policy_stat).post(install_policy))
         .route("/v1/policy/rollback", axum::routing::post(rollback_policy))
+        .route("/v1/members", axum::routing::post(add_member))
+        .route("/v1/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/members/{id}/move", axum::routing::post(move_member))
         .route("/v1/members/{id}/workers", axum::routing::post(set_workers))
         .route("/v1/members/{id}/detach", axum::routing::post(detach))
         .route("/v1/members/{id}/attach", axum::routing::post(attach))
@@ -736,6 +787,7 @@ async fn stat(State(shared): State<SharedRef>) -> Result<Json<Stat>, ApiError> {
                     .map_or(report.backup_connections, |r| r.backup_connections),
                 policy_version: report.policy_version,
                 policy_date: report.policy_date,
+                isolated: s.isolated.get(&m.id).cloned(),
                 to_member_packets: xdp.to_member_packets,
                 from_member_packets: xdp.from_member_packets,
                 buckets_active: count(|b| b.active),
@@ -973,6 +1025,141 @@ async fn sync_stat(State(shared): State<SharedRef>) -> Json<SyncStat> {
     Json(SyncStat { members })
 }
 
+fn config_error(e: baton_control::config::ConfigError) -> ApiError {
+    let m = e.to_string();
+    let code = if m.contains("no member") || m.contains("no group") {
+        StatusCode::NOT_FOUND
+    } else if m.contains("already") {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError(code, m)
+}
+
+/// Writes the configuration back after a membership change (the members read it).
+fn save_config(s: &Shared) -> Result<(), ApiError> {
+    s.config.save(&s.config_path).map_err(|e| {
+        internal(format!(
+            "the change is made but {} could not be written: {e}",
+            s.config_path.display()
+        ))
+    })
+}
+
+/// Admits a member to a group: its downlink gets `egress`, and it joins when heard.
+async fn add_member(
+    State(shared): State<SharedRef>,
+    Json(req): Json<MemberAdd>,
+) -> Result<(StatusCode, Json<MemberState>), ApiError> {
+    let mut s = shared.lock().unwrap();
+    let mut next = s.config.clone();
+    next.add_member(req.id, req.group, &req.downlink)
+        .map_err(config_error)?;
+    let slot = next
+        .groups
+        .iter()
+        .find(|g| g.id == req.group)
+        .map(|g| g.slot())
+        .unwrap_or(0);
+    let idx = s
+        .programs
+        .attach_downlink(
+            &req.downlink,
+            DownlinkConf {
+                group: slot,
+                member: req.id,
+            },
+        )
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("downlink {}: {e}", req.downlink),
+            )
+        })?;
+    s.downlinks.insert(req.id, idx);
+    s.config = next;
+    let actions = s.membership.handle(
+        Instant::now(),
+        Event::Add {
+            member: req.id,
+            group: req.group,
+        },
+    );
+    apply(&mut s, actions).map_err(internal)?;
+    tracing::info!(member = req.id, group = req.group, downlink = %req.downlink, "member added");
+    save_config(&s)?;
+    Ok((StatusCode::CREATED, Json(MemberState::Down)))
+}
+
+/// Removes a member: its buckets go to their backups, its downlink loses `egress`.
+async fn remove_member(
+    State(shared): State<SharedRef>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+) -> Result<Json<MemberState>, ApiError> {
+    let mut s = shared.lock().unwrap();
+    let mut next = s.config.clone();
+    let (_, downlink) = next.remove_member(id).map_err(config_error)?;
+    // Out of service first (while its group is known), then gone.
+    let now = Instant::now();
+    let actions = s.membership.handle(now, Event::Detach(id));
+    apply(&mut s, actions).map_err(internal)?;
+    let actions = s.membership.handle(now, Event::Remove(id));
+    apply(&mut s, actions).map_err(internal)?;
+    s.programs.detach_downlink(&downlink).map_err(internal)?;
+    s.downlinks.remove(&id);
+    s.reports.remove(&id);
+    s.workers.remove(&id);
+    s.config = next;
+    tracing::info!(member = id, "member removed");
+    save_config(&s)?;
+    Ok(Json(MemberState::Down))
+}
+
+/// Moves a member to another group: it leaves its group at once (buckets to their
+/// backups) and rejoins the new one.
+async fn move_member(
+    State(shared): State<SharedRef>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+    Json(req): Json<MemberMove>,
+) -> Result<Json<MemberState>, ApiError> {
+    let mut s = shared.lock().unwrap();
+    let mut next = s.config.clone();
+    next.move_member(id, req.group).map_err(config_error)?;
+    let now = Instant::now();
+    let actions = s.membership.handle(now, Event::Detach(id));
+    apply(&mut s, actions).map_err(internal)?;
+    let actions = s.membership.handle(
+        now,
+        Event::Move {
+            member: id,
+            group: req.group,
+        },
+    );
+    apply(&mut s, actions).map_err(internal)?;
+    let slot = next
+        .groups
+        .iter()
+        .find(|g| g.id == req.group)
+        .map(|g| g.slot())
+        .unwrap_or(0);
+    if let Some(idx) = s.downlinks.get(&id).copied() {
+        s.programs
+            .configure_downlink(
+                idx,
+                DownlinkConf {
+                    group: slot,
+                    member: id,
+                },
+            )
+            .map_err(internal)?;
+    }
+    s.config = next;
+    tracing::info!(member = id, group = req.group, "member moved");
+    save_config(&s)?;
+    Ok(Json(MemberState::Down))
+}
+
 /// Takes a member out of service administratively: its buckets switch to their backups
 /// and it stays Detached, whatever its heartbeats say, until attached.
 async fn detach(
@@ -987,6 +1174,7 @@ async fn attach(
     State(shared): State<SharedRef>,
     axum::extract::Path(id): axum::extract::Path<u32>,
 ) -> Result<Json<MemberState>, ApiError> {
+    shared.lock().unwrap().isolated.remove(&id);
     admin(shared, id, Event::Attach(id))
 }
 

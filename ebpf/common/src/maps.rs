@@ -187,7 +187,9 @@ pub mod event {
     pub const FRAGMENTS: u32 = 10;
     /// ICMP errors hashed on the header they quote.
     pub const ICMP_ERRORS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Frames from a member that is not Active (Down, detached, partitioned): isolated.
+    pub const DROP_ISOLATED: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// Names as shown by `baton stat`, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -203,6 +205,7 @@ pub mod event {
         "l2_flooded",
         "fragments",
         "icmp_errors",
+        "drop_isolated",
     ];
 }
 

@@ -8,8 +8,8 @@ use baton_common::{event, MacKey};
 
 use crate::{
     maps::{
-        count, DOWNLINKS, EVENTS, GROUPS, MACS, MEMBER_STATS, UPLINK_PORTS, UPLINK_SLOT,
-        UPLINK_STATS,
+        count, DOWNLINKS, EVENTS, GROUPS, MACS, MEMBER_BCAST, MEMBER_STATS, UPLINK_PORTS,
+        UPLINK_SLOT, UPLINK_STATS,
     },
     parse::{ptr_at, EthHdr},
 };
@@ -31,6 +31,11 @@ fn try_egress(ctx: &XdpContext) -> Result<u32, u32> {
     let dl = *DOWNLINKS.get(ifindex).ok_or(event::DROP_UNKNOWN_PORT)?;
     if dl.member == 0 {
         return Err(event::DROP_UNKNOWN_PORT);
+    }
+    // Only an Active member (one in the broadcast map of Active members) may send: a member declared
+    // Down or detached is isolated, never left half in.
+    if MEMBER_BCAST.get(dl.member).is_none() {
+        return Err(event::DROP_ISOLATED);
     }
     if let Some(s) = MEMBER_STATS.get_ptr_mut(dl.member) {
         unsafe {
