@@ -325,6 +325,10 @@ impl Config {
         std::fs::rename(&tmp, path)
     }
 
+    pub fn group(&self, id: u32) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.id == id)
+    }
+
     pub fn group_of(&self, member: u32) -> Option<&GroupConfig> {
         self.groups
             .iter()

@@ -1056,12 +1056,7 @@ async fn add_member(
     let mut next = s.config.clone();
     next.add_member(req.id, req.group, &req.downlink)
         .map_err(config_error)?;
-    let slot = next
-        .groups
-        .iter()
-        .find(|g| g.id == req.group)
-        .map(|g| g.slot())
-        .unwrap_or(0);
+    let slot = next.group(req.group).map_or(0, |g| g.slot());
     let idx = s
         .programs
         .attach_downlink(
@@ -1137,12 +1132,7 @@ async fn move_member(
         },
     );
     apply(&mut s, actions).map_err(internal)?;
-    let slot = next
-        .groups
-        .iter()
-        .find(|g| g.id == req.group)
-        .map(|g| g.slot())
-        .unwrap_or(0);
+    let slot = next.group(req.group).map_or(0, |g| g.slot());
     if let Some(idx) = s.downlinks.get(&id).copied() {
         s.programs
             .configure_downlink(
