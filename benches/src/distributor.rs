@@ -90,6 +90,15 @@ impl Topology {
         Self::build(&[("gen0".into(), "m0".into())])
     }
 
+    /// The namespace with these veth pairs.
+    pub fn with_pairs(pairs: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Self::build(&pairs)
+    }
+
     fn build(pairs: &[(String, String)]) -> anyhow::Result<Self> {
         let _ = Command::new("ip")
             .args(["netns", "del", NS])

@@ -4,5 +4,6 @@
 pub mod distributor;
 pub mod hypersync;
 pub mod membership;
+pub mod nft;
 pub mod report;
 pub mod sgm;

@@ -60,14 +60,31 @@ pub fn round(
     flows: u32,
     until_seen: u64,
 ) -> anyhow::Result<(f64, Arc<PortStats>)> {
+    round_with(handler, frames, flows, until_seen, SOURCE_ADDRESS)
+}
+
+/// Where the generator writes the flow number: the source address's low 16 bits (and the
+/// source port above 65,536 flows), or the source port (flows ≤ 65,536; the IPv4 header,
+/// whose checksum the generator does not fix, stays as built: what a Linux router needs).
+pub const SOURCE_ADDRESS: (u32, u32) = (14 + 14, 14 + 20);
+pub const SOURCE_PORT: (u32, u32) = (14 + 20, 14 + 28);
+
+/// [`round`] with the flow number written at `(addr_off, port_off)`.
+pub fn round_with(
+    handler: impl FrameHandler + Send + 'static,
+    frames: u32,
+    flows: u32,
+    until_seen: u64,
+    (addr_off, port_off): (u32, u32),
+) -> anyhow::Result<(f64, Arc<PortStats>)> {
     let mut sink = Orchestrator::load(true)?;
     sink.attach_program(bench::SINK, "gen0")?;
     let mut gen = Orchestrator::load(true)?;
     gen.set_devmap(bench::GEN_PORTS, 0, ifindex("gen0")?)?;
     gen.set_generator(GenConf {
         flows,
-        addr_off: 14 + 14,
-        port_off: 14 + 20,
+        addr_off,
+        port_off,
         _pad: 0,
     })?;
     let frame = {

@@ -439,6 +439,14 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// Points `to_stack` at CPU 0's map thread, with a queue of `qsize` frames.
+    pub fn set_stack_cpu(&mut self, qsize: u32) -> Result<(), LoadError> {
+        let mut m: aya::maps::CpuMap<&mut MapData> = map(&mut self.ebpf, bench::STACK_CPUS)?;
+        m.set(0, qsize, None, 0)
+            .map_err(|e| LoadError::Config(format!("CPU map entry: {e}")))?;
+        Ok(())
+    }
+
     /// Frames and bytes the sinks dropped, summed over CPUs.
     pub fn sink_stats(&self) -> Result<(u64, u64), LoadError> {
         let c = sum_counters(&self.ebpf, bench::SINK_STATS, &["packets", "bytes"])?;

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "iputils-ping",
     "tcpdump",
+    "nftables",
+    "python3",
     "libelf-dev",
     "zlib1g-dev",
     "libpcap-dev",

@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    let all = ["distributor", "sgm", "membership", "hypersync"];
+    let all = ["distributor", "sgm", "membership", "hypersync", "nftables"];
     for name in &names {
         if !all.contains(name) {
             anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
@@ -87,6 +87,11 @@ fn main() -> anyhow::Result<()> {
                     election.median, election.max, election.samples
                 );
                 vec![detect, election]
+            }
+            "nftables" => {
+                let f = baton_benches::nft::versus(size)?;
+                line(&f);
+                vec![f]
             }
             "hypersync" => {
                 let records = hypersync::records(if quick { 100_000 } else { 1_000_000 })?;

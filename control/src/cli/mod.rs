@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod demo;
+mod gen;
 mod lab;
 mod policy;
 mod search;
@@ -77,6 +78,9 @@ enum Command {
         #[command(subcommand)]
         command: sync::SyncCommand,
     },
+    /// Send UDP frames from a lab host with the in-kernel generator (flows, size, count,
+    /// rate, IPv4/IPv6 mix), and report the rate.
+    Gen(gen::GenArgs),
     /// Policy versions: install through the SMO master, roll back, show.
     Policy {
         #[command(subcommand)]
@@ -140,6 +144,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search(args) => search::run(&client, args),
         Command::Sync { command } => sync::run(&client, command),
         Command::Policy { command } => policy::run(&client, command),
+        Command::Gen(args) => gen::run(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());

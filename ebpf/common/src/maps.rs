@@ -235,6 +235,8 @@ pub mod bench {
     pub const GEN_CONF: &str = "GEN_CONF";
     pub const GEN_SEQ: &str = "GEN_SEQ";
     pub const SINK_STATS: &str = "SINK_STATS";
+    pub const STACK_CPUS: &str = "STACK_CPUS";
+    pub const TO_STACK: &str = "to_stack";
     pub const BARE_REDIRECT: &str = "bare_redirect";
     pub const SINK: &str = "sink";
     pub const GENERATE: &str = "generate";

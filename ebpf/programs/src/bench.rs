@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, PerCpuArray},
+    maps::{Array, CpuMap, DevMap, PerCpuArray},
     programs::XdpContext,
 };
 use baton_common::GenConf;
@@ -18,6 +18,9 @@ pub static BENCH_PORTS: DevMap = DevMap::with_max_entries(1, 0);
 pub static GEN_PORTS: DevMap = DevMap::with_max_entries(1, 0);
 #[map]
 pub static GEN_CONF: Array<GenConf> = Array::with_max_entries(1, 0);
+/// CPU 0, whose map thread builds socket buffers for `to_stack`.
+#[map]
+pub static STACK_CPUS: CpuMap = CpuMap::with_max_entries(1, 0);
 #[map]
 pub static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Frames and bytes the sinks saw (per CPU).
@@ -30,6 +33,13 @@ const GEN_OFF_MAX: u32 = 128;
 #[xdp]
 pub fn bare_redirect(_ctx: XdpContext) -> u32 {
     BENCH_PORTS.redirect(0, 0).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// Hands every frame to the kernel's stack through a CPU map: what a Linux router needs to
+/// receive the live-frames generator's bursts (a plain veth port takes one batch of them).
+#[xdp]
+pub fn to_stack(_ctx: XdpContext) -> u32 {
+    STACK_CPUS.redirect(0, 0).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[xdp]
