@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One measured figure beside its baseline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Figure {
     pub name: String,
     pub unit: String,
@@ -64,9 +64,65 @@ pub fn write(name: &str, figures: &[Figure]) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The Markdown table of every figure in `reports` (benchmark name, its figures).
+pub fn markdown(reports: &[(String, Vec<Figure>)]) -> String {
+    let mut s = String::from(
+        "# Baton benchmark report\n\nEvery figure beside its baseline, measured in the same run \
+         (medians; ratio = ours / baseline). Goals are reported, not gated.\n\n\
+         | benchmark | figure | unit | median | min | max | baseline | ratio | samples | goal |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for (bench, figures) in reports {
+        for f in figures {
+            s += &format!(
+                "| {bench} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} |\n",
+                f.name,
+                f.unit,
+                f.median,
+                f.min,
+                f.max,
+                f.baseline_median,
+                f.ratio,
+                f.samples,
+                f.goal
+            );
+        }
+    }
+    s
+}
+
+/// Writes `summary.md` from every `<name>.json` in the report directory.
+pub fn write_summary() -> anyhow::Result<PathBuf> {
+    let dir = report_dir();
+    let mut reports = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    for p in names {
+        let figures: Vec<Figure> = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+        let name = p
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        reports.push((name, figures));
+    }
+    let path = dir.join("summary.md");
+    std::fs::write(&path, markdown(&reports))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_lists_every_figure() {
+        let f = figure("sgm_throughput", "mpps", &[2.0], &[4.0], "ratio ≥ 0.8");
+        let md = markdown(&[("sgm".into(), vec![f])]);
+        assert!(md.contains("| sgm | sgm_throughput | mpps | 2.000 | 2.000 | 2.000 | 4.000 | 0.50 | 1 | ratio ≥ 0.8 |"), "{md}");
+    }
 
     #[test]
     fn medians() {

@@ -127,5 +127,6 @@ fn main() -> anyhow::Result<()> {
         let path = report::write(name, &figures)?;
         eprintln!("wrote {}", path.display());
     }
+    eprintln!("wrote {}", report::write_summary()?.display());
     Ok(())
 }
