@@ -130,6 +130,13 @@ pub struct MemberAdd {
     pub group: u32,
     /// The orchestrator's interface towards the member.
     pub downlink: String,
+    /// Its site (1 or 2, for dual-site groups).
+    #[serde(default = "site_one")]
+    pub site: u8,
+}
+
+fn site_one() -> u8 {
+    1
 }
 
 /// `POST /v1/members/{id}/move`.

@@ -15,6 +15,8 @@ use thiserror::Error;
 
 /// Limits from Maestro: members per site per group, appliances per orchestrator.
 pub const MEMBERS_PER_GROUP_MAX: usize = 14;
+/// Members of a dual-site group (14 per site).
+pub const MEMBERS_PER_DUAL_SITE_GROUP_MAX: usize = 28;
 pub const MEMBERS_PER_ORCHESTRATOR_MAX: usize = 52;
 /// The CCP (heartbeat) port.
 pub const CCP_PORT: u16 = 8116;
@@ -181,6 +183,9 @@ pub struct MemberConfig {
     pub id: u32,
     /// The orchestrator's interface towards this member.
     pub downlink: String,
+    /// The site the member is at (1 or 2: a dual-site group has members at both).
+    #[serde(default = "site_one", skip_serializing_if = "is_site_one")]
+    pub site: u8,
 }
 
 impl Config {
@@ -230,9 +235,21 @@ impl Config {
                     baton_common::BUCKETS_PER_GROUP_MAX
                 ));
             }
-            if g.members.len() > MEMBERS_PER_GROUP_MAX {
+            if let Some(m) = g.members.iter().find(|m| !(1..=2).contains(&m.site)) {
+                return bad(format!("member {}: site {} must be 1 or 2", m.id, m.site));
+            }
+            for site in [1u8, 2] {
+                let n = g.members.iter().filter(|m| m.site == site).count();
+                if n > MEMBERS_PER_GROUP_MAX {
+                    return bad(format!(
+                        "group {}: {n} members at site {site}, at most {MEMBERS_PER_GROUP_MAX} per site per group",
+                        g.id
+                    ));
+                }
+            }
+            if g.members.len() > MEMBERS_PER_DUAL_SITE_GROUP_MAX {
                 return bad(format!(
-                    "group {}: {} members, at most {MEMBERS_PER_GROUP_MAX} per site per group",
+                    "group {}: {} members, at most {MEMBERS_PER_DUAL_SITE_GROUP_MAX} per dual-site group",
                     g.id,
                     g.members.len()
                 ));
@@ -265,7 +282,13 @@ impl Config {
 
     /// Admits member `id` to `group` with its downlink, within the limits; on error the
     /// configuration is unchanged.
-    pub fn add_member(&mut self, id: u32, group: u32, downlink: &str) -> Result<(), ConfigError> {
+    pub fn add_member(
+        &mut self,
+        id: u32,
+        group: u32,
+        site: u8,
+        downlink: &str,
+    ) -> Result<(), ConfigError> {
         if let Some(g) = self.group_of(id) {
             return Err(ConfigError::Invalid(format!(
                 "member {id} is already in group {} (a member is in one group; use move)",
@@ -281,6 +304,7 @@ impl Config {
             .push(MemberConfig {
                 id,
                 downlink: downlink.to_string(),
+                site,
             });
         next.validate()?;
         *self = next;
@@ -301,13 +325,17 @@ impl Config {
     /// Moves member `id` (with its downlink) to `group`, within the limits.
     pub fn move_member(&mut self, id: u32, group: u32) -> Result<(), ConfigError> {
         let mut next = self.clone();
+        let site = self
+            .group_of(id)
+            .and_then(|g| g.members.iter().find(|m| m.id == id))
+            .map_or(1, |m| m.site);
         let (from, downlink) = next.remove_member(id)?;
         if from == group {
             return Err(ConfigError::Invalid(format!(
                 "member {id} is already in group {group}"
             )));
         }
-        next.add_member(id, group, &downlink)?;
+        next.add_member(id, group, site, &downlink)?;
         *self = next;
         Ok(())
     }
@@ -334,6 +362,14 @@ impl Config {
             .iter()
             .find(|g| g.members.iter().any(|m| m.id == member))
     }
+}
+
+fn site_one() -> u8 {
+    1
+}
+
+fn is_site_one(s: &u8) -> bool {
+    *s == 1
 }
 
 impl GroupConfig {
@@ -423,14 +459,14 @@ downlink = "dl-sgm1"
         g2.members.clear();
         c.groups.push(g2);
         let err = |r: Result<(), ConfigError>| r.unwrap_err().to_string();
-        assert!(err(c.add_member(1, 2, "x")).contains("already in group 1"));
-        assert!(err(c.add_member(64, 1, "x")).contains("outside 1..=63"));
-        assert!(err(c.add_member(5, 9, "x")).contains("no group 9"));
+        assert!(err(c.add_member(1, 2, 1, "x")).contains("already in group 1"));
+        assert!(err(c.add_member(64, 1, 1, "x")).contains("outside 1..=63"));
+        assert!(err(c.add_member(5, 9, 1, "x")).contains("no group 9"));
         for id in 2..=14 {
-            c.add_member(id, 1, &format!("dl{id}")).unwrap();
+            c.add_member(id, 1, 1, &format!("dl{id}")).unwrap();
         }
         let before = c.clone();
-        assert!(err(c.add_member(15, 1, "dl15")).contains("at most 14"));
+        assert!(err(c.add_member(15, 1, 1, "dl15")).contains("at most 14"));
         assert_eq!(c, before, "a refused change changes nothing");
         c.move_member(14, 2).unwrap();
         assert_eq!(c.group_of(14).unwrap().id, 2);
@@ -449,13 +485,24 @@ downlink = "dl-sgm1"
                     .map(|i| MemberConfig {
                         id: (g - 1) * 13 + i,
                         downlink: format!("d{g}-{i}"),
+                        site: 1,
                     })
                     .collect();
                 x
             })
             .collect();
         big.validate().unwrap();
-        assert!(err(big.add_member(53, 4, "d53")).contains("at most 52"));
+        assert!(err(big.add_member(53, 4, 1, "d53")).contains("at most 52"));
+        // A dual-site group: 14 per site, 28 in all.
+        let mut dual: Config = toml::from_str(SAMPLE).unwrap();
+        dual.groups[0].members.clear();
+        for id in 1..=14 {
+            dual.add_member(id, 1, 1, &format!("a{id}")).unwrap();
+            dual.add_member(14 + id, 1, 2, &format!("b{id}")).unwrap();
+        }
+        assert_eq!(dual.groups[0].members.len(), 28);
+        assert!(err(dual.add_member(29, 1, 2, "b15")).contains("14 per site"));
+        assert!(err(dual.add_member(29, 1, 3, "c1")).contains("site 3 must be 1 or 2"));
     }
 
     #[test]
@@ -477,6 +524,7 @@ downlink = "dl-sgm1"
             .map(|id| MemberConfig {
                 id,
                 downlink: format!("d{id}"),
+                site: 1,
             })
             .collect();
         assert!(c.validate().unwrap_err().to_string().contains("at most 14"));

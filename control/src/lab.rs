@@ -211,6 +211,7 @@ pub fn config(sgms: u32, sync: bool, mode: Mode, l4: bool) -> Config {
                 .map(|id| MemberConfig {
                     id,
                     downlink: format!("dl-sgm{id}"),
+                    site: 1,
                 })
                 .collect(),
         }],

@@ -17,6 +17,9 @@ pub enum SgmCommand {
         group: u32,
         #[arg(long)]
         downlink: String,
+        /// Its site (1 or 2) in a dual-site group: 14 members per site, 28 in all.
+        #[arg(long, default_value_t = 1)]
+        site: u8,
     },
     /// Remove member ID (its buckets go to their backups).
     Remove { id: u32 },
@@ -38,6 +41,7 @@ pub fn run(client: &Client, cmd: SgmCommand) -> anyhow::Result<()> {
             id,
             group,
             downlink,
+            site,
         } => (
             id,
             client.post(
@@ -46,6 +50,7 @@ pub fn run(client: &Client, cmd: SgmCommand) -> anyhow::Result<()> {
                     id,
                     group,
                     downlink,
+                    site,
                 },
             )?,
         ),

@@ -1054,7 +1054,7 @@ async fn add_member(
 ) -> Result<(StatusCode, Json<MemberState>), ApiError> {
     let mut s = shared.lock().unwrap();
     let mut next = s.config.clone();
-    next.add_member(req.id, req.group, &req.downlink)
+    next.add_member(req.id, req.group, req.site, &req.downlink)
         .map_err(config_error)?;
     let slot = next.group(req.group).map_or(0, |g| g.slot());
     let idx = s
