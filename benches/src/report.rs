@@ -91,7 +91,8 @@ pub fn markdown(reports: &[(String, Vec<Figure>)]) -> String {
     s
 }
 
-/// Writes `summary.md` from every `<name>.json` in the report directory.
+/// Writes `summary.md` from every `<name>.json` in the report directory. A figure whose
+/// ratio has no value (a zero baseline) was written as null: it shows as NaN.
 pub fn write_summary() -> anyhow::Result<PathBuf> {
     let dir = report_dir();
     let mut reports = Vec::new();
@@ -102,7 +103,22 @@ pub fn write_summary() -> anyhow::Result<PathBuf> {
         .collect();
     names.sort();
     for p in names {
-        let figures: Vec<Figure> = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+        let values: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+        let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let figures = values
+            .iter()
+            .map(|v| Figure {
+                name: v["name"].as_str().unwrap_or("?").into(),
+                unit: v["unit"].as_str().unwrap_or("").into(),
+                median: num(v, "median"),
+                min: num(v, "min"),
+                max: num(v, "max"),
+                baseline_median: num(v, "baseline_median"),
+                ratio: num(v, "ratio"),
+                samples: v["samples"].as_u64().unwrap_or(0) as usize,
+                goal: v["goal"].as_str().unwrap_or("").into(),
+            })
+            .collect();
         let name = p
             .file_stem()
             .map_or(String::new(), |s| s.to_string_lossy().into_owned());
@@ -120,8 +136,21 @@ mod tests {
     #[test]
     fn the_summary_lists_every_figure() {
         let f = figure("sgm_throughput", "mpps", &[2.0], &[4.0], "ratio ≥ 0.8");
-        let md = markdown(&[("sgm".into(), vec![f])]);
+        let md = markdown(&[("sgm".into(), vec![f.clone()])]);
         assert!(md.contains("| sgm | sgm_throughput | mpps | 2.000 | 2.000 | 2.000 | 4.000 | 0.50 | 1 | ratio ≥ 0.8 |"), "{md}");
+        // A ratio without a value (0/0) is written as null and read back as NaN.
+        let dir = report_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut g = f;
+        g.name = "null_ratio".into();
+        g.ratio = f64::NAN;
+        write("zz-unit-test", &[g]).unwrap();
+        let md = std::fs::read_to_string(write_summary().unwrap()).unwrap();
+        std::fs::remove_file(dir.join("zz-unit-test.json")).unwrap();
+        assert!(
+            md.contains("| zz-unit-test | null_ratio |") && md.contains("NaN"),
+            "{md}"
+        );
     }
 
     #[test]
