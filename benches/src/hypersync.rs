@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use baton_control::{
-    api::{Client, Stat, SyncStat},
+    api::{Client, SyncStat},
     config::default_api_socket,
     lab::{self, LabOptions, NS_EXT, NS_INT},
     membership::MemberState,
@@ -25,26 +25,10 @@ use baton_dataplane::{
     },
 };
 
-use crate::report::{figure, Figure};
-
-struct LabGuard;
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = lab::down();
-    }
-}
-
-fn baton_exe() -> PathBuf {
-    std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/release/baton"
-            ))
-        })
-}
+use crate::{
+    membership::{baton_exe, state, LabGuard},
+    report::{figure, Figure},
+};
 
 fn options(sync: bool, heartbeat_ms: u64) -> anyhow::Result<LabOptions> {
     let exe = baton_exe();
@@ -66,14 +50,6 @@ fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn state(stat: &Stat, id: u32) -> MemberState {
-    stat.groups[0]
-        .members
-        .iter()
-        .find(|m| m.id == id)
-        .map_or(MemberState::Down, |m| m.state)
 }
 
 fn flows(n: u64, port: u16, bytes: u64) -> Vec<TcpFlow> {

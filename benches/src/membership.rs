@@ -12,13 +12,14 @@ use anyhow::{bail, Context};
 use baton_control::{
     api::{Client, Stat},
     config::default_api_socket,
-    lab::{self, ns_sgm, LabOptions},
+    lab::{self, LabOptions},
     membership::MemberState,
 };
 
 use crate::report::{figure, Figure};
 
-struct LabGuard;
+/// Takes the lab down when dropped.
+pub(crate) struct LabGuard;
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
@@ -26,7 +27,8 @@ impl Drop for LabGuard {
     }
 }
 
-fn baton_exe() -> PathBuf {
+/// The `baton` binary the lab's daemons run (release build, or BATON_BIN).
+pub(crate) fn baton_exe() -> PathBuf {
     std::env::var_os("BATON_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -37,22 +39,13 @@ fn baton_exe() -> PathBuf {
         })
 }
 
-fn state(stat: &Stat, id: u32) -> MemberState {
+/// Member `id`'s state in a stat document.
+pub(crate) fn state(stat: &Stat, id: u32) -> MemberState {
     stat.groups[0]
         .members
         .iter()
         .find(|m| m.id == id)
         .map_or(MemberState::Down, |m| m.state)
-}
-
-fn kill(ns: &str) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()?;
-    for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        unsafe { libc::kill(p.parse()?, libc::SIGKILL) };
-    }
-    Ok(())
 }
 
 /// Detection times (ms) over `kills` kills, and the election check.
@@ -83,7 +76,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         let before: Stat = client.get("/v1/stat")?;
         let was_master = before.groups[0].smo == Some(victim);
         let t0 = Instant::now();
-        kill(&ns_sgm(victim))?;
+        lab::kill_member(victim)?;
         let (down_at, stat) = loop {
             let s: Stat = client.get("/v1/stat")?;
             if state(&s, victim) == MemberState::Down {
