@@ -15,16 +15,18 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use baton_common::{bench, key, programs, side, DownlinkConf, GenConf, GroupConf, UplinkConf};
+use baton_common::{bench, key, programs, side, DownlinkConf, GroupConf, UplinkConf};
 use baton_control::{planner, traffic::enter_netns};
 use baton_dataplane::loader::{ifindex, Orchestrator};
 use etherparse::{PacketBuilder, VlanId};
 
-use crate::report::{figure, Figure};
+use crate::{
+    generator::{udp_frame, Generator, HOST, SOURCE_ADDRESS},
+    report::{figure, Figure},
+};
 
 pub const NS: &str = "bt-bench";
 const VMAC: [[u8; 6]; 2] = [[0x02, 0xba, 0x70, 0, 1, 0], [0x02, 0xba, 0x70, 0, 1, 1]];
-const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const MEMBERS: u32 = 3;
 const B: u32 = 4096;
 
@@ -80,8 +82,13 @@ pub struct Topology;
 
 impl Topology {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_members(MEMBERS)
+    }
+
+    /// The generator's veth (gen0 → up0) and `n` member veths (dlK → mK).
+    pub fn with_members(n: u32) -> anyhow::Result<Self> {
         let mut pairs = vec![("gen0".to_string(), "up0".to_string())];
-        pairs.extend((1..=MEMBERS).map(|k| (format!("dl{k}"), format!("m{k}"))));
+        pairs.extend((1..=n).map(|k| (format!("dl{k}"), format!("m{k}"))));
         Self::build(&pairs)
     }
 
@@ -136,6 +143,11 @@ impl Drop for Topology {
 /// An orchestrator's programs with one group of three members, `distribute`'s maps set for
 /// uplink `up0` (not attached unless asked).
 fn orchestrator(attach: bool) -> anyhow::Result<Orchestrator> {
+    orchestrator_with(MEMBERS, attach)
+}
+
+/// [`orchestrator`] with members 1..=`members` on `dl1`…
+pub fn orchestrator_with(members: u32, attach: bool) -> anyhow::Result<Orchestrator> {
     let up = ifindex("up0")?;
     let mut o = Orchestrator::load(true)?;
     o.set_group(
@@ -148,7 +160,7 @@ fn orchestrator(attach: bool) -> anyhow::Result<Orchestrator> {
             _pad: [0; 4],
         },
     )?;
-    o.install_buckets(0, &planner::plan(&[1, 2, 3], B))?;
+    o.install_buckets(0, &planner::plan(&(1..=members).collect::<Vec<_>>(), B))?;
     let conf = UplinkConf {
         group: 0,
         side: side::EXTERNAL,
@@ -159,7 +171,7 @@ fn orchestrator(attach: bool) -> anyhow::Result<Orchestrator> {
         vmac: VMAC[0],
         _pad: [0; 2],
     };
-    for k in 1..=MEMBERS {
+    for k in 1..=members {
         let dl = ifindex(&format!("dl{k}"))?;
         o.add_member_port(k, dl)?;
         o.configure_downlink(
@@ -251,28 +263,12 @@ pub fn cost(size: Size) -> anyhow::Result<Figure> {
 /// Mpps delivered to the members' sinks through `distribute` and through the bare redirect.
 pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     let _topo = Topology::new()?;
-    let frame = {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(HOST, VMAC[0])
-            .ipv4([198, 18, 0, 1], [198, 19, 0, 1], 64)
-            .udp(1024, 53)
-            .write(&mut v, &[0; 18])?;
-        v
-    };
     let mut sinks = Orchestrator::load(true)?;
     for k in 1..=MEMBERS {
         sinks.attach_program(bench::SINK, &format!("m{k}"))?;
     }
     // The generator's redirect into gen0 needs its peer (up0) to run XDP: either program.
-    let mut gen = Orchestrator::load(true)?;
-    gen.set_devmap(bench::GEN_PORTS, 0, ifindex("gen0")?)?;
-    gen.set_generator(GenConf {
-        flows: size.flows,
-        addr_off: 14 + 14,
-        port_off: 14 + 20,
-        _pad: 0,
-    })?;
-    let lo = ifindex("lo")?;
+    let mut gen = Generator::new("gen0", size.flows, SOURCE_ADDRESS, udp_frame(VMAC[0]))?;
     let mut ours = Vec::new();
     let mut base = Vec::new();
     for round in 0..size.rounds * 2 {
@@ -288,7 +284,7 @@ pub fn throughput(size: Size) -> anyhow::Result<Figure> {
         // Let the attach settle, then count only this round's frames.
         std::thread::sleep(Duration::from_millis(50));
         let (before, _) = sinks.sink_stats()?;
-        let elapsed = gen.live_frames(bench::GENERATE, &frame, lo, size.frames_per_round, 256)?;
+        let elapsed = gen.send(size.frames_per_round)?;
         std::thread::sleep(Duration::from_millis(20));
         let (after, _) = sinks.sink_stats()?;
         drop(dut);

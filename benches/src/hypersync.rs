@@ -5,7 +5,10 @@
 use std::{
     net::IpAddr,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -26,18 +29,13 @@ use baton_dataplane::{
 };
 
 use crate::{
-    membership::{baton_exe, state, LabGuard},
+    membership::{release_baton, state, LabGuard},
+    plot::{self, Line, Marker, Series},
     report::{figure, Figure},
 };
 
 fn options(sync: bool, heartbeat_ms: u64) -> anyhow::Result<LabOptions> {
-    let exe = baton_exe();
-    if !exe.exists() {
-        bail!(
-            "{} is missing: build it (cargo build --release -p baton-control)",
-            exe.display()
-        );
-    }
+    let exe = release_baton()?;
     Ok(LabOptions {
         sync,
         table_size: 65_536,
@@ -130,11 +128,37 @@ pub fn failover(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The first kill's timeline: bytes received, sampled every 10 ms.
+        let sampler = (round == 0).then(|| {
+            let progress = progress.clone();
+            let done = Arc::new(AtomicBool::new(false));
+            let d = done.clone();
+            let h = std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let end = Instant::now() + Duration::from_secs(40);
+                while !d.load(Ordering::Relaxed) && Instant::now() < end {
+                    samples.push((unix_ns(), progress.bytes.load(Ordering::Relaxed)));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                samples
+            });
+            (done, h)
+        });
+        if sampler.is_some() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let killed_at = unix_ns();
         lab::kill_member(2)?;
         let results = runner
             .join()
             .map_err(|_| anyhow::anyhow!("sessions panicked"))??;
+        let samples = match sampler {
+            Some((done, h)) => {
+                done.store(true, Ordering::Relaxed);
+                h.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?
+            }
+            None => Vec::new(),
+        };
         let lost = results.iter().filter(|r| r.is_err()).count();
         if lost > 0 {
             bail!("round {round}: {lost} connections lost across the kill");
@@ -156,6 +180,12 @@ pub fn failover(
             .min()
             .context("no takeover after the kill")?;
         gaps.push((first - killed_at) as f64 / 1e6);
+        if !samples.is_empty() {
+            plot::save(
+                &format!("failover_timeline_hb{heartbeat_ms}ms"),
+                &timeline(&samples, killed_at, gaps[round], dead_ms, heartbeat_ms),
+            )?;
+        }
         eprintln!(
             "  kill {}: data-path gap {:.1} ms, longest stream stall {:.0} ms",
             round + 1,
@@ -189,6 +219,59 @@ pub fn failover(
             "reported: includes TCP's retransmission timeout (≥ 200 ms)",
         ),
     ))
+}
+
+/// The received rate of all connections around one kill, in 50 ms bins from 0.3 s before
+/// it to 2 s after, with the kill, the dead interval and the first takeover marked.
+pub fn timeline(
+    samples: &[(u64, u64)],
+    killed_at: u64,
+    gap_ms: f64,
+    dead_ms: f64,
+    heartbeat_ms: u64,
+) -> Series {
+    let ms = |t: u64| (t as f64 - killed_at as f64) / 1e6;
+    let mut points = Vec::new();
+    let mut prev: Option<(f64, u64)> = None;
+    for &(t, bytes) in samples {
+        let x = ms(t);
+        if !(-300.0..=2000.0).contains(&x) {
+            continue;
+        }
+        match prev {
+            Some((px, pb)) if x - px >= 50.0 => {
+                let mbps = (bytes - pb) as f64 * 8.0 / ((x - px) / 1e3) / 1e6;
+                points.push(((px + x) / 2.0, mbps));
+                prev = Some((x, bytes));
+            }
+            None => prev = Some((x, bytes)),
+            _ => {}
+        }
+    }
+    Series {
+        title: format!("Failover timeline: member 2 killed (heartbeat {heartbeat_ms} ms × 3)"),
+        x_label: "ms from the kill".into(),
+        y_label: "Mbit/s received, all connections".into(),
+        log_x: false,
+        lines: vec![Line {
+            label: "received (paced connections, verified)".into(),
+            points,
+        }],
+        markers: vec![
+            Marker {
+                x: 0.0,
+                label: "kill -9".into(),
+            },
+            Marker {
+                x: gap_ms,
+                label: format!("first takeover {gap_ms:.0} ms"),
+            },
+            Marker {
+                x: dead_ms,
+                label: "dead interval".into(),
+            },
+        ],
+    }
 }
 
 /// Throughput (Gbit/s) and new connections per second through a 3-member lab.
@@ -335,4 +418,45 @@ pub fn records(n: usize) -> anyhow::Result<Figure> {
         &base,
         "reported: one core sends, authenticates, receives and installs this many records per second",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_shows_the_dip_and_the_markers() {
+        // 1 MB/s steady, nothing from 0 to 400 ms after the kill, then the backlog.
+        let kill = 10_000_000_000u64;
+        let mut bytes = 0u64;
+        let mut samples = Vec::new();
+        for i in -50i64..200 {
+            let t = (kill as i64 + i * 10_000_000) as u64;
+            if !(0..40).contains(&i) {
+                bytes += 10_000;
+            }
+            if i == 40 {
+                bytes += 400_000;
+            }
+            samples.push((t, bytes));
+        }
+        let s = timeline(&samples, kill, 400.0, 300.0, 100);
+        let points = &s.lines[0].points;
+        assert!(points.first().unwrap().0 >= -300.0);
+        assert!(points.last().unwrap().0 <= 2000.0);
+        let at = |x: f64| {
+            points
+                .iter()
+                .min_by(|a, b| (a.0 - x).abs().total_cmp(&(b.0 - x).abs()))
+                .unwrap()
+                .1
+        };
+        assert!((at(-200.0) - 8.0).abs() < 0.5, "{points:?}");
+        assert!(at(200.0) < 0.1, "{points:?}");
+        assert!(at(375.0) > 20.0, "{points:?}");
+        let labels: Vec<&str> = s.markers.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels[0], "kill -9");
+        assert_eq!(s.markers[1].x, 400.0);
+        assert_eq!(s.markers[2].x, 300.0);
+    }
 }

@@ -2,8 +2,12 @@
 //! and the report they write (`target/bench-report/`).
 
 pub mod distributor;
+pub mod generator;
 pub mod hypersync;
 pub mod membership;
+pub mod micro;
 pub mod nft;
+pub mod plot;
 pub mod report;
+pub mod scaling;
 pub mod sgm;

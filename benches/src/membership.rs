@@ -27,8 +27,20 @@ impl Drop for LabGuard {
     }
 }
 
+/// The release `baton` the lab benchmarks run, or an error saying how to build it.
+pub(crate) fn release_baton() -> anyhow::Result<PathBuf> {
+    let exe = baton_exe();
+    if !exe.exists() {
+        bail!(
+            "{} is missing: build it (cargo build --release -p baton-control)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
 /// The `baton` binary the lab's daemons run (release build, or BATON_BIN).
-pub(crate) fn baton_exe() -> PathBuf {
+fn baton_exe() -> PathBuf {
     std::env::var_os("BATON_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -50,13 +62,7 @@ pub(crate) fn state(stat: &Stat, id: u32) -> MemberState {
 
 /// Detection times (ms) over `kills` kills, and the election check.
 pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
-    let exe = baton_exe();
-    if !exe.exists() {
-        bail!(
-            "{} is missing: build it (cargo build --release -p baton-control)",
-            exe.display()
-        );
-    }
+    let exe = release_baton()?;
     lab::down()?;
     let opts = LabOptions {
         table_size: 65_536,

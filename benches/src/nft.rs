@@ -2,17 +2,19 @@
 //! established,related accept`, new connections accepted as the lab's policy does) in a
 //! namespace, against a Baton member's stateful forwarding, both as one hop that sends the
 //! frames back where they came from, with the same generator, frames and sink, rounds
-//! alternating.
+//! alternating; and the new-connection rate of a whole lab against such a router standing
+//! in for the group between the same hosts, with the same connection generator.
 
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use baton_common::{bench, GenConf};
-use baton_dataplane::loader::{ifindex, Orchestrator};
-use etherparse::PacketBuilder;
+use baton_common::bench;
+use baton_dataplane::loader::Orchestrator;
 
 use crate::{
     distributor::{enter, Size, Topology, NS},
+    generator::{udp_frame, Generator, SOURCE_PORT},
+    membership::{release_baton, LabGuard},
     report::{figure, Figure},
     sgm,
 };
@@ -120,28 +122,13 @@ fn router_round(mac: [u8; 6], frames: u32, flows: u32) -> anyhow::Result<f64> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("attach thread"))??;
-    let mut gen = Orchestrator::load(true)?;
-    gen.set_devmap(bench::GEN_PORTS, 0, ifindex("gen1")?)?;
-    let (addr_off, port_off) = sgm::SOURCE_PORT;
-    gen.set_generator(GenConf {
-        flows,
-        addr_off,
-        port_off,
-        _pad: 0,
-    })?;
-    let frame = {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x11], mac)
-            .ipv4([198, 18, 0, 1], [198, 19, 0, 1], 64)
-            .udp(1024, 53)
-            .write(&mut v, &[0; 18])?;
-        // No UDP checksum (IPv4 allows it): the generator rewrites the source port without
-        // fixing it, and conntrack would call such a frame invalid.
-        v[40..42].copy_from_slice(&[0, 0]);
-        v
-    };
+    let mut frame = udp_frame(mac);
+    // No UDP checksum (IPv4 allows it): the generator rewrites the source port without
+    // fixing it, and conntrack would call such a frame invalid.
+    frame[40..42].copy_from_slice(&[0, 0]);
+    let mut gen = Generator::new("gen1", flows, SOURCE_PORT, frame)?;
     let (before, _) = sink.sink_stats()?;
-    let elapsed = gen.live_frames(bench::GENERATE, &frame, ifindex("lo")?, frames, 256)?;
+    let elapsed = gen.send(frames)?;
     std::thread::sleep(std::time::Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
     drop(stack);
@@ -179,5 +166,198 @@ pub fn versus(size: Size) -> anyhow::Result<Figure> {
         &ours,
         &base,
         "Baton's stateful throughput ≥ 2× the nftables router's",
+    ))
+}
+
+/// The router that stands in for the group: hosts with the lab hosts' addresses on either
+/// side of it (`bt-*` namespaces, so `baton lab down` removes them too).
+const NR_EXT: &str = "bt-nr-ext";
+const NR_RT: &str = "bt-nr-rt";
+const NR_INT: &str = "bt-nr-int";
+
+fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+/// `bt-nr-ext` (ext0) — `bt-nr-rt` (up-ext, up-int) — `bt-nr-int` (int0), the hosts
+/// addressed and routed as the lab's, the router forwarding through [`RULES`]. Removed on
+/// drop.
+struct NftRouter;
+
+impl NftRouter {
+    fn remove() {
+        for ns in [NR_EXT, NR_RT, NR_INT] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    fn new() -> anyhow::Result<Self> {
+        Self::remove();
+        // From here on, a failure removes whatever was made.
+        let r = NftRouter;
+        for ns in [NR_EXT, NR_RT, NR_INT] {
+            run(Command::new("ip").args(["netns", "add", ns]))?;
+            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        }
+        for (host_ns, host_if, up_if, side) in [
+            (NR_EXT, "ext0", "up-ext", 18u8),
+            (NR_INT, "int0", "up-int", 19u8),
+        ] {
+            run(Command::new("ip").args([
+                "link", "add", host_if, "netns", host_ns, "type", "veth", "peer", "name", up_if,
+                "netns", NR_RT,
+            ]))?;
+            run(Command::new("ip").args(["-n", NR_RT, "link", "set", up_if, "up"]))?;
+            in_ns(
+                host_ns,
+                &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"],
+            )?;
+            // The lab's hosts have TX checksum offload off (XDP redirect needs complete
+            // checksums); these do the same, so both sides' hosts cost the same.
+            in_ns(
+                host_ns,
+                &["ethtool", "-K", host_if, "tx", "off", "gro", "on"],
+            )?;
+            let other = if side == 18 { 19 } else { 18 };
+            let mut batch = String::new();
+            for h in 1..=baton_control::lab::HOSTS_PER_SIDE {
+                batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
+                batch.push_str(&format!(
+                    "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"
+                ));
+            }
+            batch.push_str(&format!("link set {host_if} up\n"));
+            batch.push_str(&format!(
+                "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"
+            ));
+            batch.push_str(&format!(
+                "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"
+            ));
+            let file = std::env::temp_dir().join(format!("baton-{host_ns}.batch"));
+            std::fs::write(&file, batch)?;
+            let added = run(Command::new("ip").args([
+                "-n",
+                host_ns,
+                "-batch",
+                file.to_str().context("path")?,
+            ]));
+            let _ = std::fs::remove_file(&file);
+            added?;
+            for args in [
+                &[
+                    "address",
+                    "add",
+                    &format!("198.{side}.0.254/24"),
+                    "dev",
+                    up_if,
+                ][..],
+                &[
+                    "address",
+                    "add",
+                    &format!("2001:db8:{side}::fe/64"),
+                    "dev",
+                    up_if,
+                    "nodad",
+                ],
+            ] {
+                run(Command::new("ip").args(["-n", NR_RT]).args(args))?;
+            }
+        }
+        for key in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.send_redirects=0",
+        ] {
+            in_ns(NR_RT, &["sysctl", "-qw", key])?;
+        }
+        let rules = std::env::temp_dir().join("baton-nft-router.nft");
+        std::fs::write(&rules, RULES)?;
+        let loaded = in_ns(NR_RT, &["nft", "-f", rules.to_str().context("path")?]);
+        let _ = std::fs::remove_file(&rules);
+        loaded.context("loading the nftables rules (is the nftables package installed?)")?;
+        Ok(r)
+    }
+}
+
+impl Drop for NftRouter {
+    fn drop(&mut self) {
+        Self::remove();
+    }
+}
+
+/// One run of the connection generator; a run in which any connection failed is an error,
+/// not a rate.
+fn conn_round(
+    who: &str,
+    client_ns: &str,
+    server_ns: &str,
+    spec: &baton_control::traffic::ConnSpec,
+) -> anyhow::Result<f64> {
+    let r = baton_control::traffic::connections(client_ns, server_ns, spec)
+        .with_context(|| format!("connection generator through the {who}"))?;
+    if !r.ok() {
+        bail!("through the {who}, {}: {:?}", r.failures(), r.errors);
+    }
+    Ok(r.conn_per_s)
+}
+
+/// New connections per second between the lab's hosts through a Baton lab (3 members,
+/// the lab's policy) vs through one Linux router with nftables connection tracking in
+/// its place, the same generator spec both sides (short connections: connect, 1 KiB
+/// checked by the server, close), rounds alternating.
+pub fn connections_versus(quick: bool) -> anyhow::Result<Figure> {
+    use baton_control::{
+        lab::{self, LabOptions, HOSTS_PER_SIDE, NS_EXT, NS_INT},
+        traffic::ConnSpec,
+    };
+    let (rounds, count) = if quick { (1, 300) } else { (3, 2_000) };
+    let exe = release_baton()?;
+    lab::down()?;
+    let _lab = LabGuard;
+    lab::up(&LabOptions {
+        table_size: 65_536,
+        ..LabOptions::new(exe)
+    })?;
+    // After the lab: `lab up` refuses to start beside other `bt-*` namespaces.
+    let _router = NftRouter::new()?;
+    let spec = ConnSpec {
+        clients: (1..=HOSTS_PER_SIDE)
+            .map(|h| std::net::IpAddr::from([198, 18, 0, h]))
+            .collect(),
+        server: std::net::IpAddr::from([198, 19, 0, 1]),
+        port: 41_000,
+        count,
+        concurrency: 32,
+        bytes: 1024,
+        stall_limit: std::time::Duration::from_secs(5),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    // Unmeasured, so neither side's first round pays for neighbour resolution and cold
+    // caches.
+    let warm = ConnSpec {
+        count: 64,
+        ..spec.clone()
+    };
+    conn_round("Baton lab", NS_EXT, NS_INT, &warm)?;
+    conn_round("nftables router", NR_EXT, NR_INT, &warm)?;
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(conn_round("Baton lab", NS_EXT, NS_INT, &spec)?);
+        base.push(conn_round("nftables router", NR_EXT, NR_INT, &spec)?);
+        eprintln!(
+            "  baton lab {:.0} conn/s | nftables router {:.0} conn/s",
+            ours[ours.len() - 1],
+            base[base.len() - 1]
+        );
+    }
+    Ok(figure(
+        "connections_vs_nftables",
+        "conn/s",
+        &ours,
+        &base,
+        "Baton's new-connection rate higher than the nftables router's",
     ))
 }

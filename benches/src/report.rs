@@ -124,8 +124,21 @@ pub fn write_summary() -> anyhow::Result<PathBuf> {
             .map_or(String::new(), |s| s.to_string_lossy().into_owned());
         reports.push((name, figures));
     }
+    let mut md = markdown(&reports);
+    let mut plots: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    plots.sort();
+    if !plots.is_empty() {
+        md += "\n## Plots\n\n";
+        for p in plots {
+            md += &format!("![{p}]({p})\n\n");
+        }
+    }
     let path = dir.join("summary.md");
-    std::fs::write(&path, markdown(&reports))?;
+    std::fs::write(&path, md)?;
     Ok(path)
 }
 

@@ -18,23 +18,23 @@ use std::{
 };
 
 use anyhow::Context;
-use baton_common::{bench, GenConf};
+use baton_common::bench;
 use baton_control::{config::Mode, lab};
 use baton_dataplane::{
     conntrack::{ConnTable, Packet, Timeouts, UDP},
     forward::{Forwarder, NeighbourLimits},
-    loader::{ifindex, Member, Orchestrator},
+    loader::{Member, Orchestrator},
     policy::Policy,
     port::{self, FrameHandler, MacSwap, PortConfig, PortStats},
 };
-use etherparse::PacketBuilder;
 
 use crate::{
     distributor::{Size, Topology},
+    generator::{udp_frame, Generator},
+    plot::{self, Line, Series},
     report::{figure, summary, Figure},
 };
 
-const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const NEXT_HOP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 
 /// A member's forwarder as in the lab, with the next hop of the generated frames known.
@@ -63,11 +63,7 @@ pub fn round(
     round_with(handler, frames, flows, until_seen, SOURCE_ADDRESS)
 }
 
-/// Where the generator writes the flow number: the source address's low 16 bits (and the
-/// source port above 65,536 flows), or the source port (flows ≤ 65,536; the IPv4 header,
-/// whose checksum the generator does not fix, stays as built: what a Linux router needs).
-pub const SOURCE_ADDRESS: (u32, u32) = (14 + 14, 14 + 20);
-pub const SOURCE_PORT: (u32, u32) = (14 + 20, 14 + 28);
+pub use crate::generator::{SOURCE_ADDRESS, SOURCE_PORT};
 
 /// [`round`] with the flow number written at `(addr_off, port_off)`.
 pub fn round_with(
@@ -75,26 +71,16 @@ pub fn round_with(
     frames: u32,
     flows: u32,
     until_seen: u64,
-    (addr_off, port_off): (u32, u32),
+    offsets: (u32, u32),
 ) -> anyhow::Result<(f64, Arc<PortStats>)> {
     let mut sink = Orchestrator::load(true)?;
     sink.attach_program(bench::SINK, "gen0")?;
-    let mut gen = Orchestrator::load(true)?;
-    gen.set_devmap(bench::GEN_PORTS, 0, ifindex("gen0")?)?;
-    gen.set_generator(GenConf {
+    let mut gen = Generator::new(
+        "gen0",
         flows,
-        addr_off,
-        port_off,
-        _pad: 0,
-    })?;
-    let frame = {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(HOST, [0x02, 0xba, 0x70, 0, 1, 0])
-            .ipv4([198, 18, 0, 1], [198, 19, 0, 1], 64)
-            .udp(1024, 53)
-            .write(&mut v, &[0; 18])?;
-        v
-    };
+        offsets,
+        udp_frame([0x02, 0xba, 0x70, 0, 1, 0]),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PortStats::default());
@@ -122,13 +108,12 @@ pub fn round_with(
     }
     std::thread::sleep(Duration::from_millis(50));
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
-    let lo = ifindex("lo")?;
     let (before, _) = sink.sink_stats()?;
-    let mut elapsed = gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+    let mut elapsed = gen.send(frames)?;
     // A flood keeps going until the member has seen `until_seen` frames (at most 30 s).
     let deadline = Instant::now() + Duration::from_secs(30);
     while stats.rx_packets.load(Ordering::Relaxed) < until_seen && Instant::now() < deadline {
-        elapsed += gen.live_frames(bench::GENERATE, &frame, lo, frames, 256)?;
+        elapsed += gen.send(frames)?;
     }
     std::thread::sleep(Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
@@ -165,6 +150,60 @@ pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     ))
 }
 
+/// Throughput over 1 to 1M flows, the member against the minimal forwarder at each count
+/// (rounds alternating), plotted; the figure is the largest count's.
+pub fn throughput_vs_flows(size: Size, quick: bool) -> anyhow::Result<Figure> {
+    let counts: &[u32] = if quick {
+        &[1, 10_000, 1_000_000]
+    } else {
+        &[1, 100, 10_000, 100_000, 1_000_000]
+    };
+    let _topo = Topology::with_member_port()?;
+    let frames = size.frames_per_round / 2;
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for &flows in counts {
+        let (mut o, mut b) = (Vec::new(), Vec::new());
+        // Five counts: fewer rounds each than the other figures, to keep the run short.
+        for _ in 0..size.rounds.min(3) {
+            o.push(round(forwarder(1 << 20), frames, flows, 0)?.0);
+            b.push(round(MacSwap, frames, flows, 0)?.0);
+        }
+        eprintln!(
+            "  {flows} flows: member {:.2} Mpps | minimal forwarder {:.2} Mpps",
+            summary(&o).0,
+            summary(&b).0
+        );
+        ours.push((flows as f64, o));
+        base.push((flows as f64, b));
+    }
+    let line = |label: &str, v: &[(f64, Vec<f64>)]| Line {
+        label: label.into(),
+        points: v.iter().map(|(x, s)| (*x, summary(s).0)).collect(),
+    };
+    plot::save(
+        "throughput_vs_flows",
+        &Series {
+            title: "One member's throughput vs flow count (UDP, 60-byte frames)".into(),
+            x_label: "flows (distinct 5-tuples)".into(),
+            y_label: "Mpps".into(),
+            log_x: true,
+            lines: vec![
+                line("Baton member (connection table + policy)", &ours),
+                line("minimal AF_XDP forwarder (MAC swap)", &base),
+            ],
+            markers: vec![],
+        },
+    )?;
+    let (o, b) = (&ours[ours.len() - 1].1, &base[base.len() - 1].1);
+    Ok(figure(
+        "sgm_throughput_1m_flows",
+        "mpps",
+        o,
+        b,
+        "reported: 1M flows (each frame a new connection until the table holds them)",
+    ))
+}
+
 /// Resident memory of this process.
 pub fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -186,10 +225,9 @@ pub struct ConntrackFigures {
     pub connections: usize,
 }
 
-pub fn conntrack(quick: bool) -> anyhow::Result<ConntrackFigures> {
-    let n: usize = if quick { 100_000 } else { 1_000_000 };
-    let rounds = if quick { 3 } else { 7 };
-    let packets: Vec<Packet> = (0..n as u32)
+/// `n` UDP packets of distinct connections, by source address and port.
+pub fn udp_packets(n: usize) -> Vec<Packet> {
+    (0..n as u32)
         .map(|i| Packet {
             src: IpAddr::from([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
             dst: IpAddr::from([198, 19, 0, 1]),
@@ -198,7 +236,13 @@ pub fn conntrack(quick: bool) -> anyhow::Result<ConntrackFigures> {
             dport: 53,
             flags: 0,
         })
-        .collect();
+        .collect()
+}
+
+pub fn conntrack(quick: bool) -> anyhow::Result<ConntrackFigures> {
+    let n: usize = if quick { 100_000 } else { 1_000_000 };
+    let rounds = if quick { 3 } else { 7 };
+    let packets = udp_packets(n);
     let rss0 = rss_bytes();
     let mut table = ConnTable::new(n, Timeouts::default());
     let t = Instant::now();

@@ -412,7 +412,7 @@ impl QueueSocket {
 }
 
 /// Waits until one of the sockets has something to receive, or `timeout_ms`.
-pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(), PortError> {
+pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout: Duration) -> Result<(), PortError> {
     for s in sockets.iter_mut() {
         if s.fq.needs_wakeup() {
             s.fq.wakeup(s.rx.fd_mut(), 0)?;
@@ -426,8 +426,20 @@ pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(
             revents: 0,
         })
         .collect();
-    // SAFETY: poll on fds we own, with the right length.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    // ppoll, not poll: timeouts below a millisecond (see HOLD_TICK).
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: ppoll on fds we own, with the right length; no signal mask.
+    let rc = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
@@ -436,6 +448,10 @@ pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout_ms: i32) -> Result<(
     }
     Ok(())
 }
+
+/// How often a port holding first replies (until their connections' records are acked by
+/// the backup) looks at the acks: the hold adds up to this to a connection's set-up.
+pub const HOLD_TICK: Duration = Duration::from_micros(100);
 
 /// Runs the port until `stop` is set: one AF_XDP socket on each of the queues
 /// `cfg.queue .. cfg.queue + cfg.queues`, all served by this thread and `fwd`, so the two
@@ -458,7 +474,6 @@ pub fn run(
 
     let mut extra: Vec<Vec<u8>> = Vec::new();
     let mut last_tick = Instant::now();
-    let poll_ms = cfg.poll_timeout.as_millis() as i32;
     let (mut rxp, mut rxb, mut txp, mut txb) = (0u64, 0u64, 0u64, 0u64);
     let mut drops = [0u64; DropReason::COUNT];
     let mut per_queue = vec![0u64; sockets.len()];
@@ -474,10 +489,10 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         // Neighbour retries run on time, busy or idle; held first replies are looked at
-        // every millisecond.
+        // every HOLD_TICK.
         let holding = fwd.holding();
         let tick_every = if holding {
-            Duration::from_millis(1)
+            HOLD_TICK
         } else {
             Duration::from_millis(100)
         };
@@ -526,7 +541,10 @@ pub fn run(
             }
         }
         if received == 0 && extra.is_empty() {
-            poll_all(&mut sockets, if holding { 1 } else { poll_ms })?;
+            poll_all(
+                &mut sockets,
+                if holding { HOLD_TICK } else { cfg.poll_timeout },
+            )?;
         }
         // Frames we originate leave by the first queue: every queue reaches the same wire.
         for pkt in extra.drain(..) {

@@ -237,5 +237,26 @@ fn bench(args: &[String]) -> Result<()> {
         "the benchmarks load XDP programs and build network namespaces",
         &[("baton-benches", "baton-bench"), ("baton-control", "baton")],
     )?;
+    // The criterion micro-benchmarks run first: baton-bench's `micro` turns what they
+    // leave in target/criterion/ into its figures.
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if names.is_empty() || names.iter().any(|n| *n == "micro") {
+        // Quick: seconds for the whole file. Full: short of criterion's defaults (3 s
+        // warm-up, 5 s measurement per function), so all of micro stays near a minute.
+        let opts: &[&str] = if args.iter().any(|a| a == "--quick") {
+            &[
+                "--warm-up-time",
+                "0.2",
+                "--measurement-time",
+                "0.5",
+                "--noplot",
+            ]
+        } else {
+            &["--warm-up-time", "1", "--measurement-time", "3", "--noplot"]
+        };
+        run(cmd("cargo")
+            .args(["bench", "-p", "baton-benches", "--bench", "micro", "--"])
+            .args(opts))?;
+    }
     run(release_bin("baton-bench").args(args))
 }

@@ -1,11 +1,13 @@
 //! `baton-bench [NAME] [--quick]`: runs the benchmarks (all, or one by name), prints one
 //! line per figure and writes target/bench-report/<name>.json. Needs root.
 
+use std::time::Instant;
+
 use baton_benches::{
     distributor::{self, Size},
-    hypersync, membership,
+    hypersync, membership, plot,
     report::{self, Figure},
-    sgm,
+    scaling, sgm,
 };
 
 fn line(f: &Figure) {
@@ -38,7 +40,15 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    let all = ["distributor", "sgm", "membership", "hypersync", "nftables"];
+    let all = [
+        "micro",
+        "distributor",
+        "sgm",
+        "scaling",
+        "membership",
+        "hypersync",
+        "nftables",
+    ];
     for name in &names {
         if !all.contains(name) {
             anyhow::bail!("unknown benchmark {name:?}; known: {}", all.join(", "));
@@ -49,9 +59,28 @@ fn main() -> anyhow::Result<()> {
     } else {
         names
     };
-    for name in selected {
-        eprintln!("running {name}{} ...", if quick { " (quick)" } else { "" });
+    let started = Instant::now();
+    let total = selected.len();
+    for (i, name) in selected.into_iter().enumerate() {
+        let t = Instant::now();
+        eprintln!(
+            "[{}/{total}] {name}{} — {:.0} s elapsed",
+            i + 1,
+            if quick { " (quick)" } else { "" },
+            started.elapsed().as_secs_f64()
+        );
         let figures = match name {
+            // Criterion's own run (`cargo xtask bench` starts it first) read back.
+            "micro" => {
+                let figures = baton_benches::micro::report()?;
+                figures.iter().for_each(line);
+                figures
+            }
+            "scaling" => {
+                let figures = scaling::run(size, quick)?;
+                figures.iter().for_each(line);
+                figures
+            }
             "distributor" => {
                 let cost = distributor::cost(size)?;
                 line(&cost);
@@ -67,6 +96,8 @@ fn main() -> anyhow::Result<()> {
                 );
                 let tput = sgm::throughput(size)?;
                 line(&tput);
+                let flows = sgm::throughput_vs_flows(size, quick)?;
+                line(&flows);
                 let bytes = report::figure(
                     "conntrack_bytes_per_conn",
                     "bytes",
@@ -74,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                     &[ct.rss_bytes_per_conn],
                     "≤ 128 bytes per connection (baseline column: RSS growth per connection)",
                 );
-                vec![ct.lookups, bytes, tput]
+                vec![ct.lookups, bytes, tput, flows]
             }
             "membership" => {
                 let (detect, election) = membership::detection(if quick { 3 } else { 21 })?;
@@ -91,7 +122,9 @@ fn main() -> anyhow::Result<()> {
             "nftables" => {
                 let f = baton_benches::nft::versus(size)?;
                 line(&f);
-                vec![f]
+                let c = baton_benches::nft::connections_versus(quick)?;
+                line(&c);
+                vec![f, c]
             }
             "hypersync" => {
                 let records = hypersync::records(if quick { 100_000 } else { 1_000_000 })?;
@@ -125,7 +158,15 @@ fn main() -> anyhow::Result<()> {
             _ => unreachable!(),
         };
         let path = report::write(name, &figures)?;
-        eprintln!("wrote {}", path.display());
+        eprintln!(
+            "[{}/{total}] {name} done in {:.0} s, wrote {}",
+            i + 1,
+            t.elapsed().as_secs_f64(),
+            path.display()
+        );
+    }
+    for svg in plot::write_all()? {
+        eprintln!("wrote {}", svg.display());
     }
     eprintln!("wrote {}", report::write_summary()?.display());
     Ok(())

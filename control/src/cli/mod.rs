@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod conns;
 mod demo;
 mod gen;
 mod lab;
@@ -81,6 +82,9 @@ enum Command {
     /// Send UDP frames from a lab host with the in-kernel generator (flows, size, count,
     /// rate, IPv4/IPv6 mix), and report the rate.
     Gen(gen::GenArgs),
+    /// Open short TCP connections between lab hosts (connect, send a verified stream,
+    /// close), many at a time, and report the rate, failures and latencies.
+    Conns(conns::ConnsArgs),
     /// Policy versions: install through the SMO master, roll back, show.
     Policy {
         #[command(subcommand)]
@@ -145,6 +149,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sync { command } => sync::run(&client, command),
         Command::Policy { command } => policy::run(&client, command),
         Command::Gen(args) => gen::run(args),
+        Command::Conns(args) => conns::run(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());

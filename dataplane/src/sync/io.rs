@@ -18,8 +18,11 @@ use super::{
 use crate::{
     error::PortError,
     loader::Member,
-    port::{poll_all, PortConfig, QueueSocket},
+    port::{poll_all, PortConfig, QueueSocket, HOLD_TICK},
 };
+
+/// How long the thread polls at HOLD_TICK after its last record or frame.
+const BUSY_SPELL: Duration = Duration::from_millis(20);
 
 /// Runs the sync port until `stop`: frames in → engine → frames out, new bucket tables
 /// from `views`, figures published to `report` a few times a second.
@@ -38,6 +41,7 @@ pub fn run(
     let mut frame = Vec::with_capacity(2048);
     let mut last_report = Instant::now();
     let mut not_sync = 0u64;
+    let mut busy_until = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         while let Ok(view) = views.try_recv() {
@@ -82,8 +86,19 @@ pub fn run(
                 );
             }
         }
-        if n == 0 && drained == 0 && sent == 0 {
-            poll_all(&mut sockets, 1)?;
+        if n > 0 || drained > 0 || sent > 0 {
+            busy_until = now + BUSY_SPELL;
+        } else {
+            // While records flow, records from the workers (which do not wake this
+            // thread) are picked up within a HOLD_TICK, as acks are on the other side.
+            poll_all(
+                &mut sockets,
+                if now < busy_until {
+                    HOLD_TICK
+                } else {
+                    Duration::from_millis(1)
+                },
+            )?;
         }
     }
     Ok(())
