@@ -127,8 +127,11 @@ fn router_round(mac: [u8; 6], frames: u32, flows: u32) -> anyhow::Result<f64> {
     // fixing it, and conntrack would call such a frame invalid.
     frame[40..42].copy_from_slice(&[0, 0]);
     let mut gen = Generator::new("gen1", flows, SOURCE_PORT, frame)?;
+    // The generator on core 0, as in the member's rounds.
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
     let (before, _) = sink.sink_stats()?;
     let elapsed = gen.send(frames)?;
+    crate::unpin();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
     drop(stack);
@@ -307,8 +310,31 @@ fn conn_round(
 /// New connections per second between the lab's hosts through a Baton lab (3 members,
 /// the lab's policy) vs through one Linux router with nftables connection tracking in
 /// its place, the same generator spec both sides (short connections: connect, 1 KiB
-/// checked by the server, close), rounds alternating.
-pub fn connections_versus(quick: bool) -> anyhow::Result<Figure> {
+/// checked by the server, close), rounds alternating: once with HyperSync (every
+/// connection's first reply waits for its backup's ack) and once without (`--no-sync`,
+/// which is what the router does: no state leaves it).
+pub fn connections_versus(quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for sync in [true, false] {
+        let (ours, base) = connection_rounds(quick, sync)?;
+        let (name, goal) = if sync {
+            (
+                "connections_vs_nftables",
+                "Baton's new-connection rate (HyperSync on) higher than the nftables router's",
+            )
+        } else {
+            (
+                "connections_vs_nftables_no_sync",
+                "reported: Baton without HyperSync vs the same router",
+            )
+        };
+        figures.push(figure(name, "conn/s", &ours, &base, goal));
+    }
+    Ok(figures)
+}
+
+/// Rounds of connections through the lab (HyperSync on or off) and the router, alternating.
+fn connection_rounds(quick: bool, sync: bool) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     use baton_control::{
         lab::{self, LabOptions, HOSTS_PER_SIDE, NS_EXT, NS_INT},
         traffic::ConnSpec,
@@ -319,6 +345,7 @@ pub fn connections_versus(quick: bool) -> anyhow::Result<Figure> {
     let _lab = LabGuard;
     lab::up(&LabOptions {
         table_size: 65_536,
+        sync,
         ..LabOptions::new(exe)
     })?;
     // After the lab: `lab up` refuses to start beside other `bt-*` namespaces.
@@ -348,16 +375,11 @@ pub fn connections_versus(quick: bool) -> anyhow::Result<Figure> {
         ours.push(conn_round("Baton lab", NS_EXT, NS_INT, &spec)?);
         base.push(conn_round("nftables router", NR_EXT, NR_INT, &spec)?);
         eprintln!(
-            "  baton lab {:.0} conn/s | nftables router {:.0} conn/s",
+            "  baton lab (sync {}) {:.0} conn/s | nftables router {:.0} conn/s",
+            if sync { "on" } else { "off" },
             ours[ours.len() - 1],
             base[base.len() - 1]
         );
     }
-    Ok(figure(
-        "connections_vs_nftables",
-        "conn/s",
-        &ours,
-        &base,
-        "Baton's new-connection rate higher than the nftables router's",
-    ))
+    Ok((ours, base))
 }

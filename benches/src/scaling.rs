@@ -164,6 +164,7 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
     std::thread::sleep(Duration::from_millis(50));
     let (after, _) = sinks.sink_stats()?;
     let cpu1 = member_cpu();
+    crate::unpin();
     let rx1: u64 = all_stats
         .iter()
         .map(|s| s.rx_packets.load(Ordering::Relaxed))

@@ -117,6 +117,7 @@ pub fn round_with(
     }
     std::thread::sleep(Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
+    crate::unpin();
     stop.store(true, Ordering::Release);
     worker
         .join()

@@ -122,9 +122,12 @@ fn main() -> anyhow::Result<()> {
             "nftables" => {
                 let f = baton_benches::nft::versus(size)?;
                 line(&f);
-                let c = baton_benches::nft::connections_versus(quick)?;
-                line(&c);
-                vec![f, c]
+                let mut figures = vec![f];
+                for c in baton_benches::nft::connections_versus(quick)? {
+                    line(&c);
+                    figures.push(c);
+                }
+                figures
             }
             "hypersync" => {
                 let records = hypersync::records(if quick { 100_000 } else { 1_000_000 })?;
