@@ -51,15 +51,7 @@ fn unix_ns() -> u64 {
 }
 
 fn flows(n: u64, port: u16, bytes: u64) -> Vec<TcpFlow> {
-    (0..n)
-        .map(|i| TcpFlow {
-            id: i,
-            client: IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
-            server: IpAddr::from([198, 19, 0, 1 + ((i / 63 + i * 7) % 63) as u8]),
-            port: port + i as u16,
-            bytes,
-        })
-        .collect()
+    TcpFlow::lab(n, port, bytes, 7)
 }
 
 /// Kills member 2 under `sessions` paced connections, `kills` times (restarting it in

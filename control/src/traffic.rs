@@ -115,6 +115,23 @@ pub struct TcpFlow {
     pub bytes: u64,
 }
 
+impl TcpFlow {
+    /// `n` flows between the lab's hosts, `bytes` each, flow i on port `port + i` from
+    /// 198.18.0.(1 + i mod 63) to 198.19.0.(1 + (i × `stride` + i / 63) mod 63): every
+    /// client and server host in use, the pairs spread over the buckets.
+    pub fn lab(n: u64, port: u16, bytes: u64, stride: u64) -> Vec<TcpFlow> {
+        (0..n)
+            .map(|i| TcpFlow {
+                id: i,
+                client: IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
+                server: IpAddr::from([198, 19, 0, 1 + ((i * stride + i / 63) % 63) as u8]),
+                port: port + i as u16,
+                bytes,
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct TcpReport {
     pub bytes: u64,

@@ -255,15 +255,7 @@ fn members_are_removed_and_added_back_by_the_orchestrator() {
 
 /// Paced TCP sessions through the lab (2 KB every 20 ms for 8 s each).
 fn sessions(port: u16) -> Sessions {
-    let flows = (0..60u64)
-        .map(|i| baton_control::traffic::TcpFlow {
-            id: i,
-            client: std::net::IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
-            server: std::net::IpAddr::from([198, 19, 0, 1 + ((i * 11) % 63) as u8]),
-            port: port + i as u16,
-            bytes: 2048 * 400,
-        })
-        .collect();
+    let flows = baton_control::traffic::TcpFlow::lab(60, port, 2048 * 400, 11);
     let s = Sessions::start(
         flows,
         baton_control::traffic::Pace {

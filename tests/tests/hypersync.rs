@@ -1,10 +1,7 @@
 //! HyperSync in the lab: long-lived TCP connections survive `kill -9` of a member because
 //! their backup already holds them; with sync off (the negative control) they do not.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use baton_control::{
     lab::NS_ORCH,
@@ -25,15 +22,7 @@ const ROUNDS: u64 = 300;
 const STALL_LIMIT: Duration = Duration::from_secs(5);
 
 fn flows(port: u16) -> Vec<TcpFlow> {
-    (0..SESSIONS)
-        .map(|i| TcpFlow {
-            id: i,
-            client: IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
-            server: IpAddr::from([198, 19, 0, 1 + ((i / 63 + i * 7) % 63) as u8]),
-            port: port + i as u16,
-            bytes: PACE.chunk as u64 * ROUNDS,
-        })
-        .collect()
+    TcpFlow::lab(SESSIONS, port, PACE.chunk as u64 * ROUNDS, 7)
 }
 
 pub fn sync_json() -> Value {

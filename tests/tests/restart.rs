@@ -2,7 +2,7 @@
 //! state is on disk, so the data path forwards throughout and nothing is forgotten; without
 //! pins (the negative control) the group stops forwarding while it is gone.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use baton_control::{
     lab::{self, NS_ORCH},
@@ -15,15 +15,7 @@ const SESSIONS: u64 = 60;
 /// Paced sessions (2 KB every 20 ms for 8 s) with the orchestrator killed (SIGKILL) after
 /// 1.5 s and started again `down_for` later.
 fn restart_under_traffic(port: u16, down_for: Duration) -> Vec<Result<TcpReport, TrafficError>> {
-    let flows: Vec<TcpFlow> = (0..SESSIONS)
-        .map(|i| TcpFlow {
-            id: i,
-            client: IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
-            server: IpAddr::from([198, 19, 0, 1 + ((i * 5) % 63) as u8]),
-            port: port + i as u16,
-            bytes: 2048 * 400,
-        })
-        .collect();
+    let flows = TcpFlow::lab(SESSIONS, port, 2048 * 400, 5);
     let sessions = Sessions::start(
         flows,
         Pace {

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -62,15 +61,7 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
     );
     let before = per_member(&stat);
 
-    let flows: Vec<TcpFlow> = (0..args.flows as u64)
-        .map(|i| TcpFlow {
-            id: i,
-            client: IpAddr::from([198, 18, 0, 1 + (i % 63) as u8]),
-            server: IpAddr::from([198, 19, 0, 1 + ((i * 7) % 63) as u8]),
-            port: 5000 + i as u16,
-            bytes: args.mb << 20,
-        })
-        .collect();
+    let flows = TcpFlow::lab(args.flows as u64, 5000, args.mb << 20, 7);
     let total = args.flows as u64 * (args.mb << 20);
     println!(
         "sending {} TCP streams of {} MB from bt-ext to bt-int, every byte checked ...",
