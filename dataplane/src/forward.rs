@@ -14,7 +14,7 @@ use ahash::AHashMap;
 use ipnet::IpNet;
 
 use crate::{
-    conntrack::{ConnTable, Connection, FlowKey, Packet, RecordOp, Track},
+    conntrack::{ConnTable, Connection, FlowKey, Packet, RecordOp, Track, RECORD_BYTES},
     frame::{self, Inspect, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6},
     policy::{Action, Policy},
     sync::tap::SyncTap,
@@ -130,11 +130,50 @@ struct SyncLink {
     /// First replies waiting for the backup's acknowledgement: (ticket, deadline, frame),
     /// in ticket order.
     held: VecDeque<(u64, Instant, Vec<u8>)>,
+    /// Records the sync thread's channel had no room for, in order: sent before anything
+    /// newer, so each gets the ticket it was promised (the last sent + its position).
+    unsent: VecDeque<[u8; RECORD_BYTES]>,
     resync_generation: u64,
+}
+
+/// Most records a worker keeps while the channel is full; beyond, they count as lost
+/// (`channel_full`) and the connections' refresh sends them again.
+const UNSENT_MAX: usize = 4096;
+
+impl SyncLink {
+    /// Sends what waits, oldest first, while the channel takes it.
+    fn flush(&mut self) {
+        while let Some(r) = self.unsent.front() {
+            if self.tap.try_emit(self.slot, *r).is_none() {
+                break;
+            }
+            self.unsent.pop_front();
+        }
+    }
+
+    /// Sends `record`, or keeps it for later; returns its ticket (to come, if kept), or
+    /// None if it was lost.
+    fn send(&mut self, record: [u8; RECORD_BYTES]) -> Option<u64> {
+        if self.unsent.is_empty() {
+            if let Some(t) = self.tap.try_emit(self.slot, record) {
+                return Some(t);
+            }
+        }
+        if self.unsent.len() >= UNSENT_MAX {
+            self.tap.stats.channel_full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.unsent.push_back(record);
+        Some(self.tap.last_ticket(self.slot) + self.unsent.len() as u64)
+    }
 }
 
 impl Drop for SyncLink {
     fn drop(&mut self) {
+        self.tap
+            .stats
+            .channel_full
+            .fetch_add(self.unsent.len() as u64, Ordering::Relaxed);
         self.tap.detach_slot(self.slot);
     }
 }
@@ -207,6 +246,7 @@ impl Forwarder {
             tap,
             slot,
             held: VecDeque::new(),
+            unsent: VecDeque::new(),
             resync_generation,
         });
     }
@@ -223,12 +263,13 @@ impl Forwarder {
     /// Sends the table's changes to the sync thread; returns the ticket a first reply
     /// must wait for.
     fn publish_changes(&mut self, now: Instant) -> Option<u64> {
-        let link = self.sync.as_ref()?;
+        let link = self.sync.as_mut()?;
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut hold = None;
+        link.flush();
         if let Some(j) = self.conns.journal() {
             for c in j.drain(..) {
-                let ticket = link.tap.emit(link.slot, c.conn.encode(c.op, ms));
+                let ticket = link.send(c.conn.encode(c.op, ms));
                 if c.first_reply {
                     hold = ticket;
                 }
@@ -266,7 +307,9 @@ impl Forwarder {
             return;
         };
         let Some(r) = link.tap.resync() else { return };
-        if r.generation == link.resync_generation {
+        // Records kept for a full channel go first: their tickets are promised. Until
+        // they have gone, the resync waits for a later tick.
+        if r.generation == link.resync_generation || !link.unsent.is_empty() {
             return;
         }
         link.resync_generation = r.generation;
@@ -639,6 +682,9 @@ impl Forwarder {
     /// Asks again for neighbours still unresolved, and gives up (dropping what they held)
     /// after the configured tries. Call it a few times a second.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        if let Some(link) = self.sync.as_mut() {
+            link.flush();
+        }
         self.release(now, out);
         self.resync(now);
         let mut again = Vec::new();
@@ -933,6 +979,54 @@ mod tests {
         let mut reply = arp_reply([198, 19, 0, 1], INT_HOST_MAC, [198, 19, 0, 254]);
         fw.process(&mut reply, Instant::now(), &mut out);
         fw
+    }
+
+    #[test]
+    fn records_refused_by_a_full_channel_go_later_and_the_reply_waits_for_them() {
+        // A channel of one record: the SYN's record fills it.
+        let (tap, records) = SyncTap::new(
+            1,
+            64,
+            std::time::Duration::from_secs(10),
+            Arc::new(|_: &FlowKey| 0),
+        );
+        let mut fw = resolved();
+        fw.set_sync(tap.clone(), 0);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut mac = arp_reply([198, 18, 0, 1], HOST_MAC, [198, 18, 0, 254]);
+        fw.process(&mut mac, now, &mut out);
+        let mut syn = tcp4([198, 18, 0, 1], [198, 19, 0, 1], 4000, 80, true);
+        assert_eq!(fw.process(&mut syn, now, &mut out), Verdict::Forward);
+        // The SYN-ACK's record finds the channel full: kept, and the reply held for it.
+        let mut syn_ack = Vec::new();
+        PacketBuilder::ethernet2(INT_HOST_MAC, VMAC[1])
+            .ipv4([198, 19, 0, 1], [198, 18, 0, 1], 64)
+            .tcp(80, 4000, 7, 1000)
+            .syn()
+            .ack(2)
+            .write(&mut syn_ack, &[])
+            .unwrap();
+        assert_eq!(fw.process(&mut syn_ack, now, &mut out), Verdict::Held);
+        assert_eq!(tap.stats.channel_full.load(Ordering::Relaxed), 0);
+        assert_eq!(records.try_recv().unwrap().ticket, 1);
+        assert!(
+            records.try_recv().is_err(),
+            "the kept record waits for a tick"
+        );
+        fw.tick(now, &mut out);
+        let kept = records.try_recv().expect("sent at the next tick");
+        assert_eq!(kept.ticket, 2, "the ticket the held reply waits for");
+        // Held until the backup acknowledges ticket 2, then released.
+        out.clear();
+        tap.set_watermark(0, 1);
+        fw.tick(now, &mut out);
+        assert!(out.is_empty() && fw.holding() == 1);
+        tap.set_watermark(0, 2);
+        fw.tick(now, &mut out);
+        assert_eq!(fw.holding(), 0);
+        assert_eq!(out.len(), 1, "the SYN-ACK leaves");
+        assert_eq!(tap.stats.channel_full.load(Ordering::Relaxed), 0);
     }
 
     #[test]

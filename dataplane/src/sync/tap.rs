@@ -126,7 +126,17 @@ impl SyncTap {
     /// Sends a record from worker `slot`; returns its ticket, or None when the channel
     /// was full (counted).
     pub fn emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
-        let ticket = self.next[slot].load(Ordering::Relaxed) + 1;
+        let ticket = self.try_emit(slot, record);
+        if ticket.is_none() {
+            self.stats.channel_full.fetch_add(1, Ordering::Relaxed);
+        }
+        ticket
+    }
+
+    /// [`emit`](Self::emit) that leaves a refusal to the caller (which keeps the record
+    /// to try again) rather than counting it lost.
+    pub fn try_emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
+        let ticket = self.last_ticket(slot) + 1;
         match self.tx.try_send(Outbound {
             slot: slot as u8,
             ticket,
@@ -137,11 +147,13 @@ impl SyncTap {
                 self.next[slot].store(ticket, Ordering::Relaxed);
                 Some(ticket)
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.channel_full.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => None,
         }
+    }
+
+    /// The ticket of the last record `slot` sent; its next one gets this + 1.
+    pub fn last_ticket(&self, slot: usize) -> u64 {
+        self.next[slot].load(Ordering::Relaxed)
     }
 
     /// A worker takes `slot`; it has nothing to resend from before `generation`.
