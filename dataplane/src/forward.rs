@@ -164,7 +164,7 @@ impl SyncLink {
             return None;
         }
         self.unsent.push_back(record);
-        Some(self.tap.last_ticket(self.slot) + self.unsent.len() as u64)
+        Some(self.tap.issued(self.slot) + self.unsent.len() as u64)
     }
 }
 

@@ -136,7 +136,7 @@ impl SyncTap {
     /// [`emit`](Self::emit) that leaves a refusal to the caller (which keeps the record
     /// to try again) rather than counting it lost.
     pub fn try_emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
-        let ticket = self.last_ticket(slot) + 1;
+        let ticket = self.issued(slot) + 1;
         match self.tx.try_send(Outbound {
             slot: slot as u8,
             ticket,
@@ -149,11 +149,6 @@ impl SyncTap {
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => None,
         }
-    }
-
-    /// The ticket of the last record `slot` sent; its next one gets this + 1.
-    pub fn last_ticket(&self, slot: usize) -> u64 {
-        self.next[slot].load(Ordering::Relaxed)
     }
 
     /// A worker takes `slot`; it has nothing to resend from before `generation`.
@@ -197,9 +192,13 @@ impl SyncTap {
     pub fn request_resync(&self, buckets: Vec<bool>, mask: u32) {
         let mut r = self.resync.write().unwrap_or_else(|e| e.into_inner());
         let generation = r.as_ref().map_or(0, |r| r.generation) + 1;
-        // A worker may not have seen the previous request yet: keep its buckets too.
+        // A worker may not have carried out the previous request yet: keep its buckets
+        // too, until every worker has (then a new request re-sends only its own).
         let mut buckets = buckets;
-        if let Some(prev) = r.as_ref().filter(|p| p.mask == mask) {
+        if let Some(prev) = r
+            .as_ref()
+            .filter(|p| p.mask == mask && !self.applied_everywhere(p.generation))
+        {
             for (b, p) in buckets.iter_mut().zip(&prev.buckets) {
                 *b |= *p;
             }
@@ -217,5 +216,37 @@ impl SyncTap {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tap() -> Arc<SyncTap> {
+        SyncTap::new(4, 16, Duration::from_millis(100), Arc::new(|_: &FlowKey| 0)).0
+    }
+
+    fn marked(r: &Resync) -> Vec<usize> {
+        (0..r.buckets.len()).filter(|&i| r.buckets[i]).collect()
+    }
+
+    #[test]
+    fn a_resync_keeps_earlier_buckets_only_until_every_worker_has_sent_them() {
+        let t = tap();
+        t.attach_slot(0, 0);
+        t.attach_slot(1, 0);
+        t.request_resync(vec![true, false, false, false], 3);
+        // Worker 1 has not carried out request 1 yet: request 2 covers both.
+        t.mark_applied(0, 1);
+        t.request_resync(vec![false, true, false, false], 3);
+        let r = t.resync().unwrap();
+        assert_eq!((r.generation, marked(&r)), (2, vec![0, 1]));
+        // Both have carried out request 2: request 3 re-sends only its own buckets.
+        t.mark_applied(0, 2);
+        t.mark_applied(1, 2);
+        t.request_resync(vec![false, false, true, false], 3);
+        let r = t.resync().unwrap();
+        assert_eq!((r.generation, marked(&r)), (3, vec![2]));
     }
 }
