@@ -107,10 +107,7 @@ impl Topology {
     }
 
     fn build(pairs: &[(String, String)]) -> anyhow::Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(NS);
         ip(&["netns", "add", NS])?;
         let t = Topology;
         ip(&["-n", NS, "link", "set", "lo", "up"])?;
@@ -126,6 +123,14 @@ impl Topology {
     }
 }
 
+/// Deletes a namespace the benchmarks made, if it is there (errors are moot: it may not be).
+pub fn remove_netns(ns: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Moves the calling thread into the benchmark namespace.
 pub fn enter(ns: &str) -> anyhow::Result<()> {
     enter_netns(ns).context("entering the benchmark namespace")
@@ -133,10 +138,7 @@ pub fn enter(ns: &str) -> anyhow::Result<()> {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(NS);
     }
 }
 

@@ -12,7 +12,7 @@ use baton_common::bench;
 use baton_dataplane::loader::Orchestrator;
 
 use crate::{
-    distributor::{enter, Size, Topology, NS},
+    distributor::{enter, remove_netns, Size, Topology, NS},
     generator::{udp_frame, Generator, SOURCE_PORT},
     membership::{release_baton, LabGuard},
     report::{figure, Figure},
@@ -56,10 +56,7 @@ impl Router {
     /// Moves `r0` (peer of `gen1` in the benchmark namespace) into a router namespace
     /// that forwards 198.19.0.0/24 back out of it, through nftables connection tracking.
     fn new() -> anyhow::Result<(Self, [u8; 6])> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS_NFT])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(NS_NFT);
         run(Command::new("ip").args(["netns", "add", NS_NFT]))?;
         let r = Router;
         run(Command::new("ip").args(["-n", NS, "link", "set", "r0", "netns", NS_NFT]))?;
@@ -99,10 +96,7 @@ impl Router {
 
 impl Drop for Router {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS_NFT])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(NS_NFT);
     }
 }
 
@@ -190,10 +184,7 @@ struct NftRouter;
 impl NftRouter {
     fn remove() {
         for ns in [NR_EXT, NR_RT, NR_INT] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            remove_netns(ns);
         }
     }
 

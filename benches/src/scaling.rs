@@ -22,11 +22,7 @@ use std::{
 
 use anyhow::Context;
 use baton_common::bench;
-use baton_dataplane::{
-    dispatch::Dispatcher,
-    loader::{Member, Orchestrator},
-    port::{self, BatchProcessor, PortConfig, PortStats},
-};
+use baton_dataplane::{dispatch::Dispatcher, loader::Orchestrator, port::PortStats};
 
 use crate::{
     distributor::{enter, orchestrator_with, Size, Topology, NS},
@@ -78,27 +74,6 @@ pub struct Round {
     pub cpu_ns_per_pkt: f64,
 }
 
-fn serve(
-    k: u32,
-    fwd: impl BatchProcessor,
-    stats: Arc<PortStats>,
-    stop: Arc<AtomicBool>,
-    ready: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let mut member = Member::load()?;
-    let iface = format!("m{k}");
-    member.attach_steer(&iface, true)?;
-    let (_tx, rx) = crossbeam_channel::bounded(1);
-    let cfg = PortConfig {
-        iface,
-        ..Default::default()
-    };
-    port::run(&cfg, &mut member, fwd, stats, stop, rx, || {
-        ready.store(true, Ordering::Release)
-    })?;
-    Ok(())
-}
-
 /// One round through `members` members of `workers` workers each (the topology of
 /// [`Topology::with_members`] must be up and this thread in it).
 pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::Result<Round> {
@@ -125,7 +100,7 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
                     enter(NS)?;
                     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
                     if workers == 1 {
-                        serve(k, sgm::forwarder(1 << 20), st, stop, rd)
+                        sgm::serve(&format!("m{k}"), sgm::forwarder(1 << 20), st, stop, rd)
                     } else {
                         let (d, _) = Dispatcher::new(
                             workers,
@@ -134,7 +109,7 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
                             // kernel loop would starve a worker there for milliseconds.
                             &[1, 1],
                         )?;
-                        serve(k, d, st, stop, rd)
+                        sgm::serve(&format!("m{k}"), d, st, stop, rd)
                     }
                 })?,
         );

@@ -25,7 +25,7 @@ use baton_dataplane::{
     forward::{Forwarder, NeighbourLimits},
     loader::{Member, Orchestrator},
     policy::Policy,
-    port::{self, FrameHandler, MacSwap, PortConfig, PortStats},
+    port::{self, BatchProcessor, FrameHandler, MacSwap, PortConfig, PortStats},
 };
 
 use crate::{
@@ -48,6 +48,28 @@ pub fn forwarder(table_size: usize) -> Forwarder {
     );
     f.add_neighbour(IpAddr::from([198, 19, 0, 1]), NEXT_HOP);
     f
+}
+
+/// A member's data port on `iface` (`steer` and AF_XDP, default settings) served by `fwd`
+/// until `stop`; `ready` is set once it receives.
+pub fn serve(
+    iface: &str,
+    fwd: impl BatchProcessor,
+    stats: Arc<PortStats>,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut member = Member::load()?;
+    member.attach_steer(iface, true)?;
+    let (_tx, rx) = crossbeam_channel::bounded(1);
+    let cfg = PortConfig {
+        iface: iface.into(),
+        ..Default::default()
+    };
+    port::run(&cfg, &mut member, fwd, stats, stop, rx, || {
+        ready.store(true, Ordering::Release)
+    })?;
+    Ok(())
 }
 
 /// Runs one member port with `handler` (in the benchmark namespace, see
@@ -89,17 +111,7 @@ pub fn round_with(
         std::thread::spawn(move || -> anyhow::Result<()> {
             crate::distributor::enter(crate::distributor::NS)?;
             let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
-            let mut member = Member::load()?;
-            member.attach_steer("m0", true)?;
-            let (_tx, rx) = crossbeam_channel::bounded(1);
-            let cfg = PortConfig {
-                iface: "m0".into(),
-                ..Default::default()
-            };
-            port::run(&cfg, &mut member, handler, stats, stop, rx, || {
-                ready.store(true, Ordering::Release)
-            })?;
-            Ok(())
+            serve("m0", handler, stats, stop, ready)
         })
     };
     let deadline = Instant::now() + Duration::from_secs(5);

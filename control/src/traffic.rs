@@ -271,20 +271,8 @@ fn socket2_connect(
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, TrafficError> {
-    let domain = if dst.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io("socket")(std::io::Error::last_os_error()));
-    }
-    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let (sa, len) = sockaddr(SocketAddr::new(src, 0));
-    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io(format!("bind {src}"))(std::io::Error::last_os_error()));
-    }
+    let stream = bound_socket(src, dst, 0, false).map_err(io(format!("socket from {src}")))?;
+    let fd = stream.as_raw_fd();
     let (da, dlen) = sockaddr(dst);
     let deadline = Instant::now() + timeout;
     loop {
@@ -296,6 +284,38 @@ fn socket2_connect(
             return Err(io(format!("connect {src} → {dst}"))(e));
         }
     }
+}
+
+/// A TCP socket of `dst`'s family (with the extra socket `flags`) bound to `src`, any
+/// port. With `port_at_connect` the port is chosen at connect, by the whole 4-tuple, rather
+/// than at bind, where every port in use (TIME_WAIT included) is taken: many connections
+/// from one address need it. Best effort: without it the kernel picks at bind, which works
+/// up to its port range.
+fn bound_socket(
+    src: IpAddr,
+    dst: SocketAddr,
+    flags: libc::c_int,
+    port_at_connect: bool,
+) -> std::io::Result<TcpStream> {
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if port_at_connect {
+        let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+    }
+    let (sa, len) = sockaddr(SocketAddr::new(src, 0));
+    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("bind {src}: {e}")));
+    }
+    Ok(stream)
 }
 
 fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -1066,31 +1086,8 @@ fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Connects from `src` (any port) to `dst`, giving up after `limit` without an answer
 /// (a plain blocking connect would wait for every SYN retransmission, minutes).
 fn connect_bounded(src: IpAddr, dst: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
-    let domain = if dst.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // Many connections from one address: choose the port at connect, by the whole 4-tuple,
-    // rather than at bind, where every port in use (TIME_WAIT included) is taken.
-    // Best effort: without it the kernel picks at bind, which works up to its port range.
-    let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
-    let (sa, len) = sockaddr(SocketAddr::new(src, 0));
-    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(e.kind(), format!("bind {src}: {e}")));
-    }
+    let stream = bound_socket(src, dst, libc::SOCK_NONBLOCK, true)?;
+    let fd = stream.as_raw_fd();
     let (da, dlen) = sockaddr(dst);
     if unsafe { libc::connect(fd, &da as *const _ as *const libc::sockaddr, dlen) } != 0 {
         let e = std::io::Error::last_os_error();
