@@ -51,6 +51,9 @@ pub struct MemberStat {
     /// Why the orchestrator isolated the member (a data-path partition), while it is.
     #[serde(default)]
     pub isolated: Option<String>,
+    /// Why a joining member's join has not completed in time (null otherwise).
+    #[serde(default)]
+    pub join_blocked: Option<String>,
     /// Frames the orchestrator sent to the member and got back from it (XDP counters).
     pub to_member_packets: u64,
     pub from_member_packets: u64,

@@ -1,10 +1,13 @@
-//! Baton's control plane: configuration, membership and SMO election, bucket planning,
+//! Baton's control plane: configuration, the cluster core (every orchestrator decision),
+//! the member agent, membership and SMO election, bucket planning,
 //! the CCP heartbeat messages, the REST API documents and client, and the lab.
 //! The protocol logic is sans-IO so it is tested without root; the daemons in the `baton`
 //! binary are thin loops around it.
 
+pub mod agent;
 pub mod api;
 pub mod ccp;
+pub mod cluster;
 pub mod config;
 pub mod lab;
 pub mod membership;
@@ -13,5 +16,6 @@ pub mod persist;
 pub mod planner;
 pub mod policy_dist;
 pub mod search;
+pub mod sim;
 pub mod tasks;
 pub mod traffic;

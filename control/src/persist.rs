@@ -1,7 +1,8 @@
-//! The orchestrator's state on disk: what must survive a restart (members' states, the
-//! bucket tables, the table version, worker counts asked). Written atomically (a temporary
-//! file, fsync, rename) with a SHA-256 of the body on the first line; the previous good
-//! copy is kept beside it, so a torn or corrupt file falls back to the last good state.
+//! Files that must survive a crash: written atomically (a temporary file, fsync, rename)
+//! with a SHA-256 of the body on the first line; the previous good copy is kept beside
+//! it, so a torn or corrupt file falls back to the last good one. The cluster core stores
+//! its snapshot and log this way (`cluster::store`); [`State`] is the format an older
+//! orchestrator wrote, read once to import it.
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +16,7 @@ use thiserror::Error;
 
 use crate::membership::MemberState;
 
+/// The state file of an orchestrator before the cluster core (imported once).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub table_version: u64,
@@ -54,7 +56,7 @@ fn digest(body: &[u8]) -> String {
 }
 
 /// Writes `state` to `path` atomically; the file it replaces becomes the previous copy.
-pub fn save(path: &Path, state: &State) -> Result<(), PersistError> {
+pub fn save<T: Serialize>(path: &Path, state: &T) -> Result<(), PersistError> {
     let err = |source| PersistError::Write {
         path: path.to_path_buf(),
         source,
@@ -84,7 +86,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), PersistError> {
 }
 
 /// Reads one copy; None when it is missing, torn or corrupt.
-fn read(path: &Path) -> Option<State> {
+fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     let text = std::fs::read(path).ok()?;
     let nl = text.iter().position(|b| *b == b'\n')?;
     let (sum, body) = (&text[..nl], &text[nl + 1..]);
@@ -97,7 +99,7 @@ fn read(path: &Path) -> Option<State> {
 
 /// The last good state: the file, or its previous copy when the file is torn or corrupt;
 /// Ok(None) when there is none yet.
-pub fn load(path: &Path) -> Result<Option<State>, PersistError> {
+pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, PersistError> {
     if let Some(s) = read(path) {
         return Ok(Some(s));
     }
@@ -131,7 +133,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("baton-persist-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("state.json");
-        assert_eq!(load(&path).unwrap(), None, "nothing yet");
+        assert_eq!(load::<State>(&path).unwrap(), None, "nothing yet");
         save(&path, &sample(1)).unwrap();
         save(&path, &sample(2)).unwrap();
         assert_eq!(load(&path).unwrap(), Some(sample(2)));
@@ -144,7 +146,10 @@ mod tests {
         let last = text.len() - 3;
         text[last] ^= 1;
         std::fs::write(previous(&path), &text).unwrap();
-        assert!(matches!(load(&path), Err(PersistError::Corrupt(_))));
+        assert!(matches!(
+            load::<State>(&path),
+            Err(PersistError::Corrupt(_))
+        ));
         // The next save makes it whole again.
         save(&path, &sample(3)).unwrap();
         assert_eq!(load(&path).unwrap(), Some(sample(3)));

@@ -1,4 +1,5 @@
-//! Policy versions and their installation, as a sans-IO state machine: the orchestrator
+//! Policy versions and their installation (the data and its rules; the cluster core decides
+//! when a phase is done and logs each step): the orchestrator
 //! keeps every version installed; an install goes first to the SMO master, which
 //! validates it (compiles it as members do), then to every Active member to prepare
 //! (compile and hold), and only once all have prepared is it committed everywhere; a
@@ -6,10 +7,7 @@
 //! version the same way. A member that is not part of an install (joining, restarted) is
 //! sent the current version to enforce at once, and counts as ready only when it does.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +41,8 @@ pub struct PolicyReport {
     pub error: Option<(u64, String)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Only the SMO master has it, to validate.
     Validate { master: u32 },
@@ -53,16 +52,19 @@ pub enum Phase {
     Commit,
 }
 
-#[derive(Clone, Debug)]
-struct Install {
-    target: PolicyVersion,
-    phase: Phase,
-    members: BTreeSet<u32>,
-    since: Instant,
+/// An install under way: part of the cluster's replicated state (its timers are not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Install {
+    pub target: PolicyVersion,
+    pub phase: Phase,
+    /// The group's serving members when it began, lowest (the SMO master) first.
+    pub members: Vec<u32>,
+    pub rollback: bool,
 }
 
 /// How an install ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Installed { version: u64, members: Vec<u32> },
     Aborted(String),
@@ -93,17 +95,18 @@ impl std::fmt::Display for InstallError {
 /// Longest each phase may take before the install is aborted.
 pub const PHASE_MAX: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug, Default)]
-pub struct PolicyStore {
+/// A group's policies: every version installed and the install under way. Changed only by
+/// the cluster core's commands; the decisions (when a phase is done, when it timed out)
+/// are the core's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
     /// Installed versions, oldest first; the last is current (after rollbacks, the one
     /// rolled back to).
     pub history: Vec<PolicyVersion>,
-    install: Option<Install>,
-    /// Outcomes not yet collected, by version.
-    outcomes: BTreeMap<u64, Outcome>,
+    pub install: Option<Install>,
 }
 
-impl PolicyStore {
+impl PolicyState {
     pub fn current(&self) -> Option<&PolicyVersion> {
         self.history.last()
     }
@@ -112,14 +115,13 @@ impl PolicyStore {
         self.install.as_ref().map(|i| (i.target.version, &i.phase))
     }
 
-    /// Starts installing `target` on `members` (the group's Active members, lowest first:
-    /// the first is the SMO master).
-    pub fn install(
-        &mut self,
-        target: PolicyVersion,
+    /// Whether `target` may be installed now on `members` (the group's serving members,
+    /// lowest first: the first is the SMO master).
+    pub fn check(
+        &self,
+        target: &PolicyVersion,
         members: &[u32],
         rollback: bool,
-        now: Instant,
     ) -> Result<(), InstallError> {
         if let Some(i) = &self.install {
             return Err(InstallError::Busy(i.target.version));
@@ -131,13 +133,9 @@ impl PolicyStore {
                 current,
             });
         }
-        let master = *members.first().ok_or(InstallError::NoMember)?;
-        self.install = Some(Install {
-            target,
-            phase: Phase::Validate { master },
-            members: members.iter().copied().collect(),
-            since: now,
-        });
+        if members.is_empty() {
+            return Err(InstallError::NoMember);
+        }
         Ok(())
     }
 
@@ -155,8 +153,7 @@ impl PolicyStore {
         if let Some(i) = self.install.as_ref().filter(|i| i.members.contains(&id)) {
             let offer = match i.phase {
                 Phase::Validate { master } => id == master,
-                Phase::Prepare => true,
-                Phase::Commit => true,
+                Phase::Prepare | Phase::Commit => true,
             };
             if offer {
                 let commit = i.phase == Phase::Commit;
@@ -172,93 +169,20 @@ impl PolicyStore {
         (report.enforced != cur.version).then(|| command(cur, true))
     }
 
-    /// A member may count as ready only when it enforces the current version.
+    /// A member may take buckets only when it enforces the current version.
     pub fn member_ready(&self, report: &PolicyReport) -> bool {
         self.current().is_none_or(|c| report.enforced == c.version)
-            || self
-                .install
-                .as_ref()
-                .is_some_and(|i| report.enforced == i.target.version)
     }
 
-    /// Advances the install with the members' latest reports; `alive` are the members
-    /// still Active.
-    pub fn step(&mut self, now: Instant, reports: &BTreeMap<u32, PolicyReport>, alive: &[u32]) {
-        let Some(i) = self.install.as_mut() else {
-            return;
-        };
-        let v = i.target.version;
-        // A member that died leaves the install; the others go on without it.
-        i.members.retain(|m| alive.contains(m));
-        let failed = i.members.iter().find_map(|m| {
-            reports
-                .get(m)
-                .and_then(|r| r.error.as_ref())
-                .filter(|(ev, _)| *ev == v)
-                .map(|(_, why)| (*m, why.clone()))
-        });
-        if let Some((m, why)) = failed {
-            return self.abort(format!("member {m} refused version {v}: {why}"));
+    /// Ends the install: an installed version becomes current (a rollback makes the
+    /// earlier version current again and forgets the later ones).
+    pub fn end(&mut self, outcome: &Outcome) {
+        if let (Some(i), Outcome::Installed { .. }) = (self.install.as_ref(), outcome) {
+            let target = i.target.clone();
+            self.history.retain(|h| h.version < target.version);
+            self.history.push(target);
         }
-        let has = |m: &u32, f: &dyn Fn(&PolicyReport) -> bool| reports.get(m).is_some_and(f);
-        let prepared = |r: &PolicyReport| r.prepared == Some(v) || r.enforced == v;
-        let done = match i.phase {
-            Phase::Validate { master } => {
-                if !i.members.contains(&master) {
-                    return self.abort(format!("the SMO master {master} left during validation"));
-                }
-                has(&master, &prepared)
-            }
-            Phase::Prepare => i.members.iter().all(|m| has(m, &prepared)),
-            Phase::Commit => i.members.iter().all(|m| has(m, &|r| r.enforced == v)),
-        };
-        if i.members.is_empty() {
-            return self.abort("no member left".into());
-        }
-        if !done {
-            if now.duration_since(i.since) > PHASE_MAX {
-                let phase = format!("{:?}", i.phase);
-                let missing: Vec<u32> = i.members.iter().copied().collect();
-                return self.abort(format!(
-                    "version {v}: {phase} did not complete within {PHASE_MAX:?} (members {missing:?})"
-                ));
-            }
-            return;
-        }
-        i.since = now;
-        i.phase = match i.phase {
-            Phase::Validate { .. } => Phase::Prepare,
-            Phase::Prepare => Phase::Commit,
-            Phase::Commit => {
-                let members = i.members.iter().copied().collect();
-                let target = i.target.clone();
-                self.install = None;
-                // A rollback makes the earlier version current again.
-                self.history.retain(|h| h.version < target.version);
-                self.history.push(target);
-                self.outcomes.insert(
-                    v,
-                    Outcome::Installed {
-                        version: v,
-                        members,
-                    },
-                );
-                return;
-            }
-        };
-    }
-
-    fn abort(&mut self, why: String) {
-        if let Some(i) = self.install.take() {
-            tracing::warn!(version = i.target.version, "policy install aborted: {why}");
-            self.outcomes
-                .insert(i.target.version, Outcome::Aborted(why));
-        }
-    }
-
-    /// How the install of `version` ended, once it has.
-    pub fn take_outcome(&mut self, version: u64) -> Option<Outcome> {
-        self.outcomes.remove(&version)
+        self.install = None;
     }
 }
 
@@ -291,122 +215,68 @@ mod tests {
         }
     }
 
-    /// Members follow commands as a member does (prepare, then enforce on commit).
-    fn member_follows(s: &PolicyStore, id: u32, r: &mut PolicyReport) {
-        if let Some(c) = s.command(id, r) {
-            if c.commit {
-                r.enforced = c.version;
-                r.prepared = None;
-            } else {
-                r.prepared = Some(c.version);
-            }
-        }
-    }
-
     #[test]
-    fn install_goes_master_first_then_everywhere_then_commit() {
-        let t = Instant::now();
-        let mut s = PolicyStore::default();
-        let mut reports: BTreeMap<u32, PolicyReport> = (1..=3).map(|m| (m, rep(1, None))).collect();
-        s.install(v(2), &[1, 2, 3], false, t).unwrap();
-        // Only the master is offered it at first, to prepare.
-        assert_eq!(s.command(2, &reports[&2]), None);
-        assert!(!s.command(1, &reports[&1]).unwrap().commit);
-        let mut steps = 0;
-        while s.installing().is_some() {
-            for m in 1..=3 {
-                let mut r = reports[&m].clone();
-                member_follows(&s, m, &mut r);
-                reports.insert(m, r);
-            }
-            // Nobody enforces 2 before everybody has prepared it.
-            if matches!(s.installing(), Some((_, Phase::Prepare)))
-                || matches!(s.installing(), Some((_, Phase::Validate { .. })))
-            {
-                assert!(reports.values().all(|r| r.enforced == 1));
-            }
-            s.step(t, &reports, &[1, 2, 3]);
-            steps += 1;
-            assert!(steps < 10);
-        }
-        assert_eq!(
-            s.take_outcome(2),
-            Some(Outcome::Installed {
-                version: 2,
-                members: vec![1, 2, 3]
-            })
-        );
-        assert!(reports.values().all(|r| r.enforced == 2));
-        assert_eq!(s.current().unwrap().version, 2);
-    }
-
-    #[test]
-    fn a_refusal_or_a_silence_aborts_and_nobody_switches() {
-        let t = Instant::now();
-        let mut s = PolicyStore::default();
+    fn the_master_validates_first_then_everyone_prepares_then_commits() {
+        let mut s = PolicyState::default();
         s.history.push(v(1));
-        let mut reports: BTreeMap<u32, PolicyReport> = (1..=3).map(|m| (m, rep(1, None))).collect();
-        s.install(v(2), &[1, 2, 3], false, t).unwrap();
-        reports.get_mut(&1).unwrap().prepared = Some(2);
-        s.step(t, &reports, &[1, 2, 3]);
-        assert_eq!(s.installing().map(|i| i.1.clone()), Some(Phase::Prepare));
-        reports.get_mut(&3).unwrap().error = Some((2, "rule 1: bad".into()));
-        s.step(t, &reports, &[1, 2, 3]);
-        assert!(matches!(s.take_outcome(2), Some(Outcome::Aborted(w)) if w.contains("member 3")));
-        assert_eq!(s.current().unwrap().version, 1, "nothing changed");
-        // The members are told to enforce the current version, never the aborted one.
-        assert_eq!(s.command(1, &rep(1, Some(2))), None);
-        // Silence: member 2 never prepares.
-        reports.get_mut(&3).unwrap().error = None;
-        s.install(v(3), &[1, 2, 3], false, t).unwrap();
-        reports.get_mut(&1).unwrap().prepared = Some(3);
-        s.step(t, &reports, &[1, 2, 3]);
-        s.step(
-            t + PHASE_MAX + Duration::from_millis(1),
-            &reports,
-            &[1, 2, 3],
-        );
-        assert!(
-            matches!(s.take_outcome(3), Some(Outcome::Aborted(w)) if w.contains("did not complete"))
-        );
-        assert_eq!(s.current().unwrap().version, 1);
+        s.install = Some(Install {
+            target: v(2),
+            phase: Phase::Validate { master: 1 },
+            members: vec![1, 2, 3],
+            rollback: false,
+        });
+        // Only the master is offered it at first, to prepare.
+        assert_eq!(s.command(2, &rep(1, None)), None);
+        assert!(!s.command(1, &rep(1, None)).unwrap().commit);
+        s.install.as_mut().unwrap().phase = Phase::Prepare;
+        assert!(!s.command(3, &rep(1, None)).unwrap().commit);
+        s.install.as_mut().unwrap().phase = Phase::Commit;
+        assert!(s.command(3, &rep(1, Some(2))).unwrap().commit);
+        assert_eq!(s.command(3, &rep(2, None)), None, "already enforced");
+        // A member outside the install is told to enforce the current version.
+        let c = s.command(9, &rep(7, None)).unwrap();
+        assert!(c.commit && c.version == 1);
+        s.end(&Outcome::Installed {
+            version: 2,
+            members: vec![1, 2, 3],
+        });
+        assert_eq!(s.current().unwrap().version, 2);
+        assert!(s.install.is_none());
     }
 
     #[test]
-    fn versions_must_grow_rollback_goes_back_and_joiners_get_the_current_one() {
-        let t = Instant::now();
-        let mut s = PolicyStore::default();
+    fn versions_must_grow_rollback_goes_back_and_joiners_need_the_current_one() {
+        let mut s = PolicyState::default();
         assert_eq!(s.previous(), Err(InstallError::NothingToRollBack));
         s.history.extend([v(1), v(2)]);
         assert_eq!(
-            s.install(v(2), &[1], false, t),
+            s.check(&v(2), &[1], false),
             Err(InstallError::NotNewer {
                 version: 2,
                 current: 2
             })
         );
+        assert_eq!(s.check(&v(3), &[], false), Err(InstallError::NoMember));
         let prev = s.previous().unwrap();
-        s.install(prev, &[1], true, t).unwrap();
-        assert_eq!(s.install(v(5), &[1], false, t), Err(InstallError::Busy(1)));
-        let mut r: BTreeMap<u32, PolicyReport> = [(1, rep(2, None))].into();
-        for _ in 0..4 {
-            let mut x = r[&1].clone();
-            member_follows(&s, 1, &mut x);
-            r.insert(1, x);
-            s.step(t, &r, &[1]);
-        }
+        assert_eq!(s.check(&prev, &[1], true), Ok(()));
+        s.install = Some(Install {
+            target: prev,
+            phase: Phase::Commit,
+            members: vec![1],
+            rollback: true,
+        });
+        assert_eq!(s.check(&v(5), &[1], false), Err(InstallError::Busy(1)));
+        // An aborted install changes nothing.
+        let mut aborted = s.clone();
+        aborted.end(&Outcome::Aborted("no".into()));
+        assert_eq!(aborted.current().unwrap().version, 2);
+        s.end(&Outcome::Installed {
+            version: 1,
+            members: vec![1],
+        });
         assert_eq!(s.current().unwrap().version, 1);
-        assert_eq!(
-            s.history.len(),
-            1,
-            "the rolled-back version is gone from the history"
-        );
-        // A member that joins with another version is told to enforce the current one, and
-        // is not ready until it does.
-        let joiner = rep(7, None);
-        assert!(!s.member_ready(&joiner));
-        let c = s.command(9, &joiner).unwrap();
-        assert!(c.commit && c.version == 1);
+        assert_eq!(s.history.len(), 1, "the rolled-back version is gone");
+        assert!(!s.member_ready(&rep(2, None)));
         assert!(s.member_ready(&rep(1, None)));
     }
 }

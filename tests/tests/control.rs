@@ -284,10 +284,10 @@ fn a_member_with_a_partitioned_data_path_is_isolated() {
     std::thread::sleep(Duration::from_millis(500));
     partition_member_2();
     let st = wait_stat(Duration::from_secs(3), |s| {
-        s["groups"][0]["members"][1]["state"] == "detached"
+        s["groups"][0]["members"][1]["state"] == "isolated"
     });
     let m2 = &st["groups"][0]["members"][1];
-    assert_eq!(m2["state"], "detached", "{m2}");
+    assert_eq!(m2["state"], "isolated", "{m2}");
     assert!(
         m2["isolated"]
             .as_str()

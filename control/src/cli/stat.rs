@@ -45,7 +45,7 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
             println!(
                 "  {:>3} {:<9} {:>3} {:>12} {:>12} {:>10} {:>8} {:>8} {:>7}",
                 m.id,
-                format!("{:?}", m.state).to_lowercase(),
+                m.state.word(),
                 if m.smo { "*" } else { "" },
                 m.rx_packets,
                 m.tx_packets,
@@ -54,6 +54,12 @@ pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
                 m.buckets_backup,
                 m.policy_version
             );
+            if let Some(why) = &m.isolated {
+                println!("      isolated: {why}");
+            }
+            if let Some(why) = &m.join_blocked {
+                println!("      join blocked: {why}");
+            }
         }
     }
     for u in &stat.uplinks {
@@ -104,7 +110,7 @@ fn tasks(client: &Client, json: bool) -> anyhow::Result<()> {
             println!(
                 "  {:>3} {:<9} {}{mark}",
                 m.id,
-                format!("{:?}", m.state).to_lowercase(),
+                m.state.word(),
                 if m.running.is_empty() {
                     "-".to_string()
                 } else {

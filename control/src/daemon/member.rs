@@ -1,5 +1,6 @@
 //! `baton sgm`: a member. Attaches `steer` to its data port, runs the AF_XDP worker pinned
-//! to a core, and sends heartbeats with its counters to the orchestrator.
+//! to a core, and runs the member agent (`agent.rs`) over the CCP socket: heartbeats with
+//! its counters out, the orchestrator's answers in.
 
 use std::{
     net::UdpSocket,
@@ -13,10 +14,9 @@ use std::{
 
 use anyhow::Context;
 use baton_control::{
-    ccp::{self, Heartbeat, HeartbeatAck, MemberReport},
+    agent::{Agent, AgentAction},
+    ccp::{self, HeartbeatAck, MemberReport},
     config::{Config, GroupConfig, Role},
-    membership::MemberState,
-    policy_dist::{PolicyCommand, PolicyReport},
     search, tasks,
 };
 use baton_dataplane::{
@@ -330,15 +330,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     sock.connect(config.orchestrator.ccp)
         .with_context(|| format!("no route to the orchestrator {}", config.orchestrator.ccp))?;
     sock.set_read_timeout(Some(interval / 4))?;
-    let mut seq = 0u64;
-    let mut requested_workers = workers;
-    let mut state = MemberState::Down;
-    let mut smo = None;
-    // Policies from the orchestrator: one compiled and held (prepare), one refused, and
-    // the install date of the one sent to the workers.
-    let mut prepared: Option<Arc<Policy>> = None;
-    let mut policy_error: Option<(u64, String)> = None;
-    let mut sent_policy: Option<(u64, u64)> = None;
+    let mut agent = Agent::new(opts.id, group.id, workers);
     let mut next = Instant::now();
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     tracing::info!(member = opts.id, group = group.id, "member started");
@@ -354,134 +346,100 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 None => tracing::warn!("SIGHUP without --policy: nothing to reload"),
             }
         }
+        let enforced = stats.policy_version.load(Ordering::Relaxed);
         if Instant::now() >= next {
             next += interval;
-            seq += 1;
-            let hb = Heartbeat {
-                member: opts.id,
-                seq,
-                ready: ready.load(Ordering::Acquire),
-                report: MemberReport {
-                    rx_packets: stats.rx_packets.load(Ordering::Relaxed),
-                    tx_packets: stats.tx_packets.load(Ordering::Relaxed),
-                    rx_bytes: stats.rx_bytes.load(Ordering::Relaxed),
-                    tx_bytes: stats.tx_bytes.load(Ordering::Relaxed),
-                    drops: stats.drops_total(),
-                    connections: stats.connections.load(Ordering::Relaxed),
-                    backup_connections: 0,
-                    policy_version: stats.policy_version.load(Ordering::Relaxed),
-                    workers: current_workers(&worker_stats) as u32,
-                    worker_packets: worker_stats.as_ref().map_or_else(
-                        || vec![stats.rx_packets.load(Ordering::Relaxed)],
+            let n = current_workers(&worker_stats);
+            let per_worker =
+                |pick: fn(&WorkerStats) -> &[std::sync::atomic::AtomicU64; WORKERS_MAX],
+                 own: &std::sync::atomic::AtomicU64| {
+                    worker_stats.as_ref().map_or_else(
+                        || vec![own.load(Ordering::Relaxed)],
                         |w| {
-                            w.packets[..current_workers(&worker_stats)]
+                            pick(w)[..n]
                                 .iter()
                                 .map(|p| p.load(Ordering::Relaxed))
                                 .collect()
                         },
-                    ),
-                    worker_bytes: worker_stats.as_ref().map_or_else(
-                        || vec![stats.rx_bytes.load(Ordering::Relaxed)],
-                        |w| {
-                            w.bytes[..current_workers(&worker_stats)]
-                                .iter()
-                                .map(|p| p.load(Ordering::Relaxed))
-                                .collect()
-                        },
-                    ),
-                    worker_drops: worker_stats.as_ref().map_or_else(
-                        || vec![named_drops(&stats.drops)],
-                        |w| {
-                            w.drops[..current_workers(&worker_stats)]
-                                .iter()
-                                .map(named_drops)
-                                .collect()
-                        },
-                    ),
-                    worker_connections: worker_stats.as_ref().map_or_else(
-                        || vec![stats.connections.load(Ordering::Relaxed)],
-                        |w| {
-                            w.connections[..current_workers(&worker_stats)]
-                                .iter()
-                                .map(|p| p.load(Ordering::Relaxed))
-                                .collect()
-                        },
-                    ),
-                    drop_reasons: named_drops(&stats.drops),
-                    table_capacity: opts.table_size as u64,
-                    queue_packets: stats.queue_packets[..(opts.queues as usize).min(QUEUES_MAX)]
-                        .iter()
-                        .map(|q| q.load(Ordering::Relaxed))
-                        .collect(),
-                    latency_p50_ns: stats.latency_p50_ns.load(Ordering::Relaxed),
-                    latency_p99_ns: stats.latency_p99_ns.load(Ordering::Relaxed),
-                    sync: sync_thread.as_ref().map(|_| {
-                        sync_report
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone()
-                    }),
-                    sync_mac: sync_mac.clone(),
-                    tasks: tasks::tasks_for(opts.id, state, smo),
-                    policy: PolicyReport {
-                        enforced: stats.policy_version.load(Ordering::Relaxed),
-                        prepared: prepared.as_ref().map(|p| p.version),
-                        error: policy_error.clone(),
-                    },
-                    policy_date: sent_policy
-                        .filter(|(v, _)| *v == stats.policy_version.load(Ordering::Relaxed))
-                        .map_or(0, |(_, d)| d),
-                },
+                    )
+                };
+            let report = MemberReport {
+                rx_packets: stats.rx_packets.load(Ordering::Relaxed),
+                tx_packets: stats.tx_packets.load(Ordering::Relaxed),
+                rx_bytes: stats.rx_bytes.load(Ordering::Relaxed),
+                tx_bytes: stats.tx_bytes.load(Ordering::Relaxed),
+                drops: stats.drops_total(),
+                connections: stats.connections.load(Ordering::Relaxed),
+                workers: n as u32,
+                worker_packets: per_worker(|w| &w.packets, &stats.rx_packets),
+                worker_bytes: per_worker(|w| &w.bytes, &stats.rx_bytes),
+                worker_connections: per_worker(|w| &w.connections, &stats.connections),
+                worker_drops: worker_stats.as_ref().map_or_else(
+                    || vec![named_drops(&stats.drops)],
+                    |w| w.drops[..n].iter().map(named_drops).collect(),
+                ),
+                drop_reasons: named_drops(&stats.drops),
+                table_capacity: opts.table_size as u64,
+                queue_packets: stats.queue_packets[..(opts.queues as usize).min(QUEUES_MAX)]
+                    .iter()
+                    .map(|q| q.load(Ordering::Relaxed))
+                    .collect(),
+                latency_p50_ns: stats.latency_p50_ns.load(Ordering::Relaxed),
+                latency_p99_ns: stats.latency_p99_ns.load(Ordering::Relaxed),
+                sync: sync_thread.as_ref().map(|_| {
+                    sync_report
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                }),
+                sync_mac: sync_mac.clone(),
+                ..Default::default()
             };
+            let hb = agent.heartbeat(ready.load(Ordering::Acquire), enforced, report);
             // The orchestrator may not be up yet: keep trying, never give up.
             let _ = sock.send(&ccp::encode(&hb));
         }
-        if let Ok(n) = sock.recv(&mut buf) {
-            if let Some(ack) = ccp::decode::<HeartbeatAck>(&buf[..n]) {
-                // The orchestrator asks for another worker count (Dynamic Balancing).
-                if let Some(n) = ack.workers.map(|n| n as usize) {
-                    if n != requested_workers {
-                        requested_workers = n;
-                        let _ = control_tx.send(Control::Workers(n));
-                    }
+        let Ok(n) = sock.recv(&mut buf) else {
+            continue;
+        };
+        let Some(ack) = ccp::decode::<HeartbeatAck>(&buf[..n]) else {
+            tracing::warn!(bytes = n, "malformed answer from the orchestrator ignored");
+            continue;
+        };
+        let malformed = agent.malformed_tables;
+        for action in agent.handle(&ack, enforced) {
+            match action {
+                AgentAction::Workers(n) => {
+                    let _ = control_tx.send(Control::Workers(n));
                 }
-                if ack.group != 0 && ack.group != group.id {
-                    // Moved to another group: its settings (sides, sync key) are another
-                    // group's now; the supervisor restarts it with them.
+                AgentAction::Moved { to } => {
+                    // Its settings (sides, sync key) are another group's now; the
+                    // supervisor restarts it with them.
                     tracing::error!(
                         from = group.id,
-                        to = ack.group,
+                        to,
                         "member moved to another group: stopping to be restarted"
                     );
                     stop.store(true, Ordering::Release);
                 }
-                if let Some(cmd) = &ack.policy {
-                    follow_policy(
-                        cmd,
-                        &mut prepared,
-                        &mut policy_error,
-                        &mut sent_policy,
-                        &control_tx,
-                        stats.policy_version.load(Ordering::Relaxed),
-                    );
-                }
-                if let Some(t) = &ack.table {
-                    match t.view() {
-                        Some(v) if sync_thread.is_some() => {
-                            let _ = views_tx.try_send(v);
-                        }
-                        Some(_) => {}
-                        None => {
-                            tracing::warn!("malformed bucket table from the orchestrator ignored")
-                        }
+                AgentAction::Enforce(p) => {
+                    let version = p.version;
+                    if control_tx.try_send(Control::Policy(p)).is_err() {
+                        agent.enforce_failed(version);
                     }
                 }
-                if ack.state != state || ack.smo != smo {
-                    tracing::info!(from = ?state, to = ?ack.state, smo = ?ack.smo, tasks = ?tasks::tasks_for(opts.id, ack.state, ack.smo), "member state");
-                    state = ack.state;
-                    smo = ack.smo;
+                AgentAction::View(v) => {
+                    if sync_thread.is_some() {
+                        let _ = views_tx.try_send(v);
+                    }
+                }
+                AgentAction::Role { state, smo } => {
+                    tracing::info!(to = state.word(), ?smo, tasks = ?tasks::tasks_for(opts.id, state, smo), "member state");
                 }
             }
+        }
+        if agent.malformed_tables > malformed {
+            tracing::warn!("malformed bucket table from the orchestrator ignored");
         }
     }
     let r = worker
@@ -495,64 +453,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("member stopped");
     Ok(())
-}
-
-/// Does what the orchestrator asks of a policy: compile and hold it (prepare), or send it
-/// to the workers (commit), compiling it first if it was not prepared.
-fn follow_policy(
-    cmd: &PolicyCommand,
-    prepared: &mut Option<Arc<Policy>>,
-    error: &mut Option<(u64, String)>,
-    sent: &mut Option<(u64, u64)>,
-    control: &crossbeam_channel::Sender<Control>,
-    enforced: u64,
-) {
-    let compile = |text: &str| -> Result<Arc<Policy>, String> {
-        let p = Policy::parse(text).map_err(|e| e.to_string())?;
-        if p.version != cmd.version {
-            return Err(format!(
-                "the text says version {}, not {}",
-                p.version, cmd.version
-            ));
-        }
-        Ok(Arc::new(p))
-    };
-    if !cmd.commit {
-        if prepared.as_ref().is_some_and(|p| p.version == cmd.version)
-            || error.as_ref().is_some_and(|(v, _)| *v == cmd.version)
-        {
-            return;
-        }
-        match compile(&cmd.text) {
-            Ok(p) => {
-                tracing::info!(version = cmd.version, "policy prepared");
-                *prepared = Some(p);
-            }
-            Err(e) => {
-                tracing::error!(version = cmd.version, "policy refused: {e}");
-                *error = Some((cmd.version, e));
-            }
-        }
-        return;
-    }
-    if enforced == cmd.version || sent.is_some_and(|(v, _)| v == cmd.version) {
-        return;
-    }
-    let policy = match prepared.take().filter(|p| p.version == cmd.version) {
-        Some(p) => p,
-        None => match compile(&cmd.text) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(version = cmd.version, "policy refused: {e}");
-                *error = Some((cmd.version, e));
-                return;
-            }
-        },
-    };
-    if control.try_send(Control::Policy(policy)).is_ok() {
-        tracing::info!(version = cmd.version, "policy committed");
-        *sent = Some((cmd.version, cmd.installed_at));
-    }
 }
 
 /// Workers running now (one when the port runs its forwarder itself).
