@@ -12,6 +12,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
@@ -22,6 +23,9 @@ use crate::{
     },
     membership::MemberState,
 };
+
+mod fail;
+pub use fail::{fail, restore, Failure, LinkEnd, Part};
 
 pub const NS_EXT: &str = "bt-ext";
 pub const NS_INT: &str = "bt-int";
@@ -39,6 +43,10 @@ pub const PIN_DIR: &str = "/run/baton/bpf";
 pub const HOSTS_PER_SIDE: u8 = 63;
 /// How long `up` waits for every member to be Active.
 pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The lab's options (`LabOptions` as JSON) in the state directory, written by `up`, so a
+/// later command (`restore`) starts a daemon as `up` did.
+pub const OPTIONS_FILE: &str = "lab.json";
 
 /// The members' policy file in the state directory (rewrite it and send SIGHUP to the
 /// members to replace the policy).
@@ -72,10 +80,27 @@ pub enum LabError {
     Io(#[from] std::io::Error),
     #[error("the lab did not come up within {secs} s: {detail}")]
     Timeout { secs: u64, detail: String },
+    #[error("no lab is up ({0} is missing): run `baton lab up` first")]
+    NotUp(String),
+    #[error("the lab has no {part} (it has members 1 to {sgms})")]
+    NoSuchPart { part: Part, sgms: u32 },
+    #[error("{0} has already failed: `baton lab restore {0}` brings it back")]
+    AlreadyFailed(Part),
+    #[error("{0} has not failed (`baton lab fail {0}` fails it)")]
+    NotFailed(Part),
+    #[error("unexpected output of `{cmd}`: {detail}")]
+    Output { cmd: String, detail: String },
+    #[error("{part} did not come back within {secs} s: {detail}")]
+    NotBack {
+        part: Part,
+        secs: u64,
+        detail: String,
+    },
 }
 
-/// Options of `baton lab up`.
-#[derive(Clone, Debug)]
+/// Options of `baton lab up` (kept in the state directory as [`OPTIONS_FILE`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LabOptions {
     pub sgms: u32,
     pub sync: bool,
@@ -119,6 +144,22 @@ impl LabOptions {
             exe,
         }
     }
+}
+
+/// The options of the lab that is up, as `up` recorded them.
+pub fn options() -> Result<LabOptions, LabError> {
+    let path = Path::new(STATE_DIR).join(OPTIONS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LabError::NotUp(path.display().to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_str(&text).map_err(|e| LabError::Output {
+        cmd: format!("read {}", path.display()),
+        detail: e.to_string(),
+    })
 }
 
 fn run(cmd: &mut Command) -> Result<String, LabError> {
@@ -402,6 +443,10 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     fs::write(&cfg_path, cfg.to_toml())?;
     let policy_path = state.join(POLICY_FILE);
     fs::write(&policy_path, DEFAULT_POLICY)?;
+    fs::write(
+        state.join(OPTIONS_FILE),
+        serde_json::to_string_pretty(opts).expect("options serialize"),
+    )?;
 
     // Pins live in a bpf filesystem mounted here, outside the namespaces (`ip netns exec`
     // remounts /sys, so /sys/fs/bpf would not outlive the orchestrator's process).
@@ -532,34 +577,44 @@ fn spawn(ns: &str, log: &Path, exe: &Path, args: &[&str]) -> Result<(), LabError
 }
 
 fn wait_active(sgms: u32) -> Result<Stat, LabError> {
+    poll_stat(UP_TIMEOUT, |stat| {
+        let members = &stat.groups[0].members;
+        let active = members
+            .iter()
+            .filter(|m| m.state == MemberState::Active)
+            .count();
+        if active == sgms as usize {
+            return Ok(stat);
+        }
+        Err(members
+            .iter()
+            .map(|m| format!("member {} {:?}", m.id, m.state))
+            .collect::<Vec<_>>()
+            .join(", "))
+    })
+    .map_err(|detail| LabError::Timeout {
+        secs: UP_TIMEOUT.as_secs(),
+        detail,
+    })
+}
+
+/// Polls the orchestrator's stat until `check` accepts it, for at most `limit`; otherwise
+/// what `check` (or the API) said last.
+fn poll_stat<T>(limit: Duration, check: impl Fn(Stat) -> Result<T, String>) -> Result<T, String> {
     let client = Client::new(default_api_socket());
     let start = Instant::now();
     let mut last = String::from("the orchestrator's API never answered");
-    while start.elapsed() < UP_TIMEOUT {
+    while start.elapsed() < limit {
         match client.get::<Stat>("/v1/stat") {
-            Ok(stat) => {
-                let members = &stat.groups[0].members;
-                let active = members
-                    .iter()
-                    .filter(|m| m.state == MemberState::Active)
-                    .count();
-                if active == sgms as usize {
-                    return Ok(stat);
-                }
-                last = members
-                    .iter()
-                    .map(|m| format!("member {} {:?}", m.id, m.state))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-            }
+            Ok(stat) => match check(stat) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            },
             Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Err(LabError::Timeout {
-        secs: UP_TIMEOUT.as_secs(),
-        detail: last,
-    })
+    Err(last)
 }
 
 fn log_tails() -> String {

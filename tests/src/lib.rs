@@ -202,3 +202,42 @@ impl Sessions {
 pub fn lab_options() -> baton_control::lab::LabOptions {
     baton_control::lab::LabOptions::new(baton_bin())
 }
+
+pub fn sync_json() -> Value {
+    serde_json::from_str(&baton_ok(&["sync", "stat", "--json"])).expect("sync stat --json")
+}
+
+/// Copies held by members still active, from a `sync stat --json` document.
+pub fn live_copies(s: &Value) -> u64 {
+    s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["state"] == "active")
+        .map(|m| m["backup_connections"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Waits until `connections` have a copy at a live backup and no stream has anything
+/// unacknowledged; panics after `limit`.
+pub fn wait_synced(connections: u64, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let s = sync_json();
+        let idle =
+            s["members"].as_array().unwrap().iter().all(|m| {
+                m["state"] != "active"
+                    || m["peers"].as_array().unwrap().iter().all(|p| {
+                        p["queue"].as_u64() == Some(0) || p["lag_ms"].as_f64() < Some(50.0)
+                    })
+            });
+        if live_copies(&s) >= connections && idle {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not synced within {limit:?}: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

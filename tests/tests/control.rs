@@ -253,9 +253,12 @@ fn members_are_removed_and_added_back_by_the_orchestrator() {
         .contains("dl-sgm3"));
 }
 
+/// Connections of `sessions`.
+const SESSIONS: u64 = 60;
+
 /// Paced TCP sessions through the lab (2 KB every 20 ms for 8 s each).
 fn sessions(port: u16) -> Sessions {
-    let flows = baton_control::traffic::TcpFlow::lab(60, port, 2048 * 400, 11);
+    let flows = baton_control::traffic::TcpFlow::lab(SESSIONS, port, 2048 * 400, 11);
     let s = Sessions::start(
         flows,
         baton_control::traffic::Pace {
@@ -265,7 +268,7 @@ fn sessions(port: u16) -> Sessions {
         Duration::from_secs(5),
         Duration::from_secs(60),
     );
-    s.wait_bytes(60 * 2048 * 20);
+    s.wait_bytes(SESSIONS * 2048 * 20);
     s
 }
 
@@ -281,7 +284,8 @@ fn partition_member_2() {
 fn a_member_with_a_partitioned_data_path_is_isolated() {
     let _lab = Lab::up(3);
     let s = sessions(31000);
-    std::thread::sleep(Duration::from_millis(500));
+    // Every connection has its copy at its backup before the cut.
+    wait_synced(SESSIONS, Duration::from_secs(20));
     partition_member_2();
     let st = wait_stat(Duration::from_secs(3), |s| {
         s["groups"][0]["members"][1]["state"] == "isolated"
@@ -305,7 +309,8 @@ fn a_member_with_a_partitioned_data_path_is_isolated() {
 fn without_isolation_a_partitioned_member_loses_its_connections() {
     let _lab = Lab::up_with(&["--sgms", "3", "--no-isolation"]);
     let s = sessions(32000);
-    std::thread::sleep(Duration::from_millis(500));
+    // As above: only the missing isolation can lose a connection.
+    wait_synced(SESSIONS, Duration::from_secs(20));
     partition_member_2();
     let lost = s.finish().into_iter().filter(|r| r.is_err()).count();
     assert!(lost >= 5, "only {lost} connections lost");

@@ -14,10 +14,22 @@ fn up_ext_rx(s: &Value) -> u64 {
         .unwrap()
 }
 
+/// Frames the kernel dropped leaving the generating host (`ip -s link`'s tx dropped of
+/// ext0; for a veth it includes the frames its peer's ring refused).
+fn ext0_tx_dropped() -> u64 {
+    let out = in_ns("bt-ext", &["ip", "-s", "-j", "link", "show", "ext0"]);
+    assert!(out.status.success(), "{out:?}");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j is JSON");
+    links[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx dropped in {links}"))
+}
+
 #[test]
 fn the_generator_sends_what_it_reports() {
     let _lab = Lab::up(3);
     let before = stat_json();
+    let dropped_before = ext0_tx_dropped();
     let out = baton_ok(&[
         "gen",
         "--count",
@@ -34,29 +46,43 @@ fn the_generator_sends_what_it_reports() {
     assert_eq!(r["sent"], 200_000);
     assert_eq!(r["sent_v6"], 40_000, "{r}");
     assert!(r["mpps"].as_f64().unwrap() > 0.0);
-    // The orchestrator's uplink counted every frame, and spread them over the members.
-    let after = wait_stat(std::time::Duration::from_secs(2), |s| {
-        up_ext_rx(s) >= up_ext_rx(&before) + 199_800
+    // The orchestrator's uplink counted every frame the kernel did not drop on the way
+    // (a veth ring refuses frames when its reader falls behind, e.g. under CPU load; the
+    // sending end counts them as tx drops), and spread them over the members.
+    let sent = r["sent"].as_u64().unwrap();
+    let dropped = ext0_tx_dropped() - dropped_before;
+    let arrived = sent - dropped;
+    let after = wait_stat(std::time::Duration::from_secs(10), |s| {
+        up_ext_rx(s) >= up_ext_rx(&before) + arrived
     });
     let rx = up_ext_rx(&after) - up_ext_rx(&before);
-    assert!((199_800..200_100).contains(&rx), "uplink rx {rx}");
+    // The hosts add the odd frame of their own (ARP, neighbour discovery, MLD).
+    const HOST_FRAMES: u64 = 50;
+    assert!(
+        (arrived..=arrived + HOST_FRAMES).contains(&rx),
+        "uplink rx {rx}: sent {sent}, dropped {dropped} on the way"
+    );
     let to: Vec<(u64, u64)> = member_field(&after, "to_member_packets");
     let to0: Vec<(u64, u64)> = member_field(&before, "to_member_packets");
     let got: Vec<u64> = to.iter().zip(&to0).map(|(a, b)| a.1 - b.1).collect();
-    // Every frame went to a member (a veth ring may drop the odd one under the burst; the
-    // hosts add the odd ARP/ND broadcast).
+    // Every frame that arrived went to a member.
     let total: u64 = got.iter().sum();
-    assert!((199_800..200_100).contains(&total), "{got:?}");
     assert!(
-        got.iter().all(|g| *g > 40_000),
+        (arrived..=arrived + HOST_FRAMES).contains(&total),
+        "{got:?}: sent {sent}, dropped {dropped} on the way"
+    );
+    assert!(
+        got.iter().all(|g| *g > total / 5),
         "5,000 flows spread: {got:?}"
     );
-    // A rate is kept.
+    // A rate is kept: never faster than asked (the pacer sleeps until each chunk is due,
+    // the last at 2 s); a loaded machine can only make it slower, so the upper bound is
+    // generous and catches only a pacer that waits far too long.
     let out = baton_ok(&["gen", "--count", "20000", "--rate", "10000", "--json"]);
     let r: Value = serde_json::from_str(&out).unwrap();
     let secs = r["seconds"].as_f64().unwrap();
     assert!(
-        (1.8..3.0).contains(&secs),
+        (2.0..8.0).contains(&secs),
         "20,000 frames at 10,000/s took {secs} s"
     );
     // Every load is bounded; bad requests say what is wrong.

@@ -25,10 +25,6 @@ fn flows(port: u16) -> Vec<TcpFlow> {
     TcpFlow::lab(SESSIONS, port, PACE.chunk as u64 * ROUNDS, 7)
 }
 
-pub fn sync_json() -> Value {
-    serde_json::from_str(&baton_ok(&["sync", "stat", "--json"])).expect("sync stat --json")
-}
-
 struct Outcome {
     results: Vec<Result<TcpReport, TrafficError>>,
     victim_connections: u64,
@@ -41,41 +37,6 @@ impl Outcome {
             .iter()
             .filter_map(|r| r.as_ref().err())
             .collect()
-    }
-}
-
-/// Copies held by members still active.
-fn live_copies(s: &Value) -> u64 {
-    s["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter(|m| m["state"] == "active")
-        .map(|m| m["backup_connections"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Waits until every connection has a copy at a live backup and no stream has anything
-/// unacknowledged; panics after `limit`.
-fn wait_synced(limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = sync_json();
-        let idle =
-            s["members"].as_array().unwrap().iter().all(|m| {
-                m["state"] != "active"
-                    || m["peers"].as_array().unwrap().iter().all(|p| {
-                        p["queue"].as_u64() == Some(0) || p["lag_ms"].as_f64() < Some(50.0)
-                    })
-            });
-        if live_copies(&s) >= SESSIONS && idle {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not synced within {limit:?}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -92,7 +53,7 @@ fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64) -> O
     let mut victim_connections = 0;
     for victim in victims {
         if synced {
-            wait_synced(Duration::from_secs(10));
+            wait_synced(SESSIONS, Duration::from_secs(10));
         }
         let before = stat_json();
         victim_connections += member_field(&before, "connections")
@@ -474,7 +435,7 @@ fn join_mid_transfer(
     let sessions = Sessions::start(flows(port), PACE, STALL_LIMIT, Duration::from_secs(90));
     sessions.wait_bytes(SESSIONS * PACE.chunk as u64 * 10);
     if synced {
-        wait_synced(Duration::from_secs(10));
+        wait_synced(SESSIONS, Duration::from_secs(10));
     }
     baton_ok(&["attach", &member.to_string()]);
     let s = wait_stat(Duration::from_secs(15), |s| {

@@ -136,9 +136,6 @@ fn three_members_carry_ping_tcp_and_udp_both_ways() {
     )
     .unwrap();
     assert_eq!(got, vec![50; 16], "UDP int → ext");
-    // Members report their counters in heartbeats (every 100 ms): let three go by.
-    std::thread::sleep(Duration::from_millis(300));
-    let after = member_field(&stat_json(), "rx_packets");
     let mut expected = std::collections::BTreeSet::new();
     for (a, b) in &pairs {
         let r: serde_json::Value = serde_json::from_str(&baton_ok(&[
@@ -167,6 +164,14 @@ fn three_members_carry_ping_tcp_and_udp_both_ways() {
         expected.len() >= 2,
         "16 pairs spread over at least two members: {expected:?}"
     );
+    // Members report their counters in heartbeats: wait for the reports.
+    let grew = |s: &serde_json::Value| {
+        member_field(s, "rx_packets")
+            .iter()
+            .filter(|(id, _)| expected.contains(id))
+            .all(|(id, rx)| rx - before.iter().find(|(i, _)| i == id).unwrap().1 >= 100)
+    };
+    let after = member_field(&wait_stat(Duration::from_secs(5), grew), "rx_packets");
     for (id, rx) in &after {
         let grew = rx - before.iter().find(|(i, _)| i == id).unwrap().1;
         if expected.contains(id) {

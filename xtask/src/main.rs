@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "llvm",
     "m4",
     "pkg-config",
+    "stress-ng",
 ];
 
 fn main() -> ExitCode {
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup | test [TEST FILTER] | demo [baton demo options] | bench [NAME] [--quick]");
+            eprintln!("usage: cargo xtask setup | test [--repeat N] [--load] [TEST FILTER] | demo [baton demo options] | bench [NAME] [--quick]");
             return ExitCode::from(2);
         }
     };
@@ -180,26 +181,187 @@ fn install_bpf_linker() -> Result<()> {
         .arg(format!("llvm-{major}")))
 }
 
-fn test(filter: &[String]) -> Result<()> {
+/// `cargo xtask test [--repeat N] [--load] [FILTER...]`.
+struct TestArgs {
+    /// Runs of the root-only tests (the unit tests run once).
+    repeat: u32,
+    /// CPU hogs on every core for the whole run.
+    load: bool,
+    /// Passed to the test harness (test name filters).
+    filter: Vec<String>,
+}
+
+fn test_args(args: &[String]) -> Result<TestArgs> {
+    let mut t = TestArgs {
+        repeat: 1,
+        load: false,
+        filter: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--load" => t.load = true,
+            "--repeat" => {
+                let n = it.next().context("--repeat needs a number")?;
+                t.repeat = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .with_context(|| format!("--repeat must be a number ≥ 1, not {n:?}"))?;
+            }
+            _ => t.filter.push(a.clone()),
+        }
+    }
+    Ok(t)
+}
+
+/// The longest a load run's CPU hogs may live, whatever happens to this process: ample for
+/// one repeat of every root-only test (about 10 minutes on 2 cores).
+const LOAD_SECS_PER_REPEAT: u32 = 1800;
+
+fn test(args: &[String]) -> Result<()> {
+    let args = test_args(args)?;
     setup()?;
     if !is_root() {
         bail!("the lab and XDP tests need root (network namespaces, BPF): run as root");
     }
+    println!("== building baton and the tests");
+    run(cmd("cargo").args(["build", "-p", "baton-control", "--bin", "baton"]))?;
+    run(cmd("cargo").args(["test", "--no-run"]))?;
+    run(cmd("cargo").args(["test", "-p", "baton-tests", "--no-run"]))?;
+    let baton = root_dir().join("target/debug/baton");
+    let _load = if args.load {
+        Some(CpuLoad::start(LOAD_SECS_PER_REPEAT * args.repeat)?)
+    } else {
+        None
+    };
+    let start = std::time::Instant::now();
     println!("== unit tests");
     run(cmd("cargo").arg("test"))?;
-    println!("== building baton");
-    run(cmd("cargo").args(["build", "-p", "baton-control", "--bin", "baton"]))?;
-    let baton = root_dir().join("target/debug/baton");
-    // Whatever a crashed earlier run left.
+    let mut failed: Vec<(u32, Vec<String>)> = Vec::new();
+    for i in 1..=args.repeat {
+        // Whatever a crashed earlier run left.
+        run(cmd(baton.to_str().unwrap()).args(["lab", "down"]))?;
+        println!(
+            "== privileged tests (lab, XDP, AF_XDP), run {i} of {}",
+            args.repeat
+        );
+        let t = std::time::Instant::now();
+        let mut c = cmd("cargo");
+        c.env("BATON_BIN", &baton)
+            .args(["test", "-p", "baton-tests"]);
+        if args.repeat > 1 || args.load {
+            // Every test runs in every repeat, so the report names all that failed.
+            c.arg("--no-fail-fast");
+        }
+        c.arg("--").args(&args.filter).arg("--test-threads=1");
+        let (ok, names) = run_tests(&mut c)?;
+        let took = t.elapsed().as_secs_f64();
+        if ok {
+            println!("== run {i}: passed ({took:.1} s)");
+        } else {
+            println!("== run {i}: FAILED ({took:.1} s): {}", or_unknown(&names));
+            failed.push((i, names));
+        }
+    }
     run(cmd(baton.to_str().unwrap()).args(["lab", "down"]))?;
-    println!("== privileged tests (lab, XDP, AF_XDP)");
-    let result = run(cmd("cargo")
-        .env("BATON_BIN", &baton)
-        .args(["test", "-p", "baton-tests", "--"])
-        .args(filter)
-        .arg("--test-threads=1"));
-    run(cmd(baton.to_str().unwrap()).args(["lab", "down"]))?;
-    result
+    let load = if args.load {
+        format!(" under load ({} CPU hogs)", nproc())
+    } else {
+        String::new()
+    };
+    println!(
+        "== {} run(s){load}: {} passed, {} failed; {:.1} s in all",
+        args.repeat,
+        args.repeat as usize - failed.len(),
+        failed.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        let what: Vec<String> = failed
+            .iter()
+            .map(|(i, names)| format!("run {i}: {}", or_unknown(names)))
+            .collect();
+        bail!("tests failed: {}", what.join("; "));
+    }
+    Ok(())
+}
+
+fn or_unknown(names: &[String]) -> String {
+    if names.is_empty() {
+        "(no test named; see the output above)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Runs a `cargo test`, passing its output through; whether it passed and the tests the
+/// harness reported failed.
+fn run_tests(c: &mut Command) -> Result<(bool, Vec<String>)> {
+    use std::io::{BufRead, Write};
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {c:?}"))?;
+    let mut names = Vec::new();
+    let out = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+        // libtest: "test NAME ... FAILED"
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|l| l.strip_suffix(" ... FAILED"))
+        {
+            names.push(name.to_string());
+        }
+    }
+    let status = child.wait()?;
+    Ok((status.success(), names))
+}
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `stress-ng --cpu <cores>` for as long as this lives (and at most its timeout, should this
+/// process be killed); stopped on drop, also when a test fails.
+struct CpuLoad(std::process::Child);
+
+impl CpuLoad {
+    fn start(timeout_secs: u32) -> Result<Self> {
+        let cores = nproc();
+        println!("== load: stress-ng --cpu {cores} --timeout {timeout_secs}s");
+        let child = cmd("stress-ng")
+            .args(["--cpu", &cores.to_string(), "--timeout"])
+            .arg(format!("{timeout_secs}s"))
+            .arg("--quiet")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("starting stress-ng (cargo xtask setup installs it)")?;
+        Ok(CpuLoad(child))
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        // SIGTERM lets stress-ng stop its workers (they also die with it, by their
+        // parent-death signal); SIGKILL if it has not within 5 s.
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                println!("== load stopped");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        println!("== load killed");
+    }
 }
 
 /// Runs `setup`, checks for root (`why` says what needs it) and builds `binaries`

@@ -1,4 +1,4 @@
-//! `baton lab up|down`.
+//! `baton lab up|down|fail|restore`.
 
 use baton_control::{
     config::Mode,
@@ -47,6 +47,36 @@ pub enum LabCommand {
     },
     /// Remove everything a lab made (safe to run any time).
     Down,
+    /// Fail a part of the lab as its machine would fail: its links go down (at both ends)
+    /// and its processes are killed (SIGKILL).
+    Fail {
+        #[command(subcommand)]
+        part: PartArg,
+    },
+    /// Bring a failed part back: its links up, its processes started again; returns once it
+    /// is Active (or fails after 60 s).
+    Restore {
+        #[command(subcommand)]
+        part: PartArg,
+    },
+}
+
+/// A part of the lab, for `fail` and `restore`.
+#[derive(Subcommand)]
+pub enum PartArg {
+    /// Member K (namespace bt-sgmK): its data, sync and management links and its daemon.
+    Member {
+        /// Member id.
+        k: u32,
+    },
+}
+
+impl From<PartArg> for lab::Part {
+    fn from(p: PartArg) -> Self {
+        match p {
+            PartArg::Member { k } => lab::Part::Member(k),
+        }
+    }
 }
 
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
@@ -94,8 +124,37 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 println!("lab down: removed {}", removed.join(", "));
             }
         }
+        LabCommand::Fail { part } => {
+            let part = lab::Part::from(part);
+            let f = lab::fail(part)?;
+            println!(
+                "lab fail {part}: links down ({}), {} killed",
+                ends(&f.links),
+                match f.killed {
+                    1 => "1 process".to_string(),
+                    n => format!("{n} processes"),
+                }
+            );
+        }
+        LabCommand::Restore { part } => {
+            let part = lab::Part::from(part);
+            let (f, took) = lab::restore(part)?;
+            println!(
+                "lab restore {part}: links up ({}), started, active after {:.1} s",
+                ends(&f.links),
+                took.as_secs_f64()
+            );
+        }
     }
     Ok(())
+}
+
+fn ends(links: &[lab::LinkEnd]) -> String {
+    links
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
