@@ -345,7 +345,7 @@ impl Sim {
             let out = self.cluster.handle(
                 self.t0 + self.now,
                 Input::Heartbeat {
-                    hb,
+                    hb: Box::new(hb),
                     to_member: 0,
                     from_member: 0,
                 },

@@ -40,8 +40,11 @@ fn wait_tasks(limit: Duration, check: impl Fn(&Value) -> bool) -> (Value, Durati
 #[test]
 fn killing_the_master_moves_its_tasks_to_the_new_master() {
     let _lab = Lab::up(3);
+    // A member reports the tasks of its new state at its next heartbeat after the answer
+    // that told it (members become Active once their bulk sync is acknowledged).
     let (t, _) = wait_tasks(Duration::from_secs(2), |t| {
         running(t, 1).contains(&"policy_installation".to_string())
+            && [2, 3].iter().all(|id| running(t, *id).len() == 3)
     });
     assert_eq!(t["groups"][0]["smo"], 1);
     assert!(

@@ -75,7 +75,7 @@ pub enum Input {
     /// A member's heartbeat, with the orchestrator's own XDP counters of frames sent to
     /// the member and received from it (for partition detection).
     Heartbeat {
-        hb: Heartbeat,
+        hb: Box<Heartbeat>,
         to_member: u64,
         from_member: u64,
     },
@@ -413,7 +413,7 @@ impl Cluster {
                 hb,
                 to_member,
                 from_member,
-            } => self.heartbeat(now, hb, (to_member, from_member), &mut out),
+            } => self.heartbeat(now, *hb, (to_member, from_member), &mut out),
             Input::Tick => self.tick(now, &mut out),
             Input::Request { id, op } => {
                 if let Err(e) = self.request(now, id, op, &mut out) {

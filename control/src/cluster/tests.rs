@@ -16,7 +16,7 @@ fn v(n: u64) -> PolicyVersion {
 
 fn hb(member: u32, enforced: u64, synced: u64, prepared: Option<u64>) -> Input {
     Input::Heartbeat {
-        hb: Heartbeat {
+        hb: Box::new(Heartbeat {
             member,
             seq: 1,
             ready: true,
@@ -34,7 +34,7 @@ fn hb(member: u32, enforced: u64, synced: u64, prepared: Option<u64>) -> Input {
                 }),
                 ..Default::default()
             },
-        },
+        }),
         to_member: 0,
         from_member: 0,
     }

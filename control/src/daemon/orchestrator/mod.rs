@@ -334,7 +334,7 @@ fn ccp_loop(sock: &UdpSocket, shared: &SharedRef) -> anyhow::Result<()> {
                 Some(hb) if s.cluster.state().members.contains_key(&hb.member) => {
                     let xdp = s.programs.member_stats(hb.member).unwrap_or_default();
                     let input = Input::Heartbeat {
-                        hb,
+                        hb: Box::new(hb),
                         to_member: xdp.to_member_packets,
                         from_member: xdp.from_member_packets,
                     };
