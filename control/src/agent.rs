@@ -36,6 +36,7 @@ pub enum AgentAction {
 
 pub struct Agent {
     id: u32,
+    boot: u64,
     group: u32,
     seq: u64,
     workers: usize,
@@ -51,9 +52,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(id: u32, group: u32, workers: usize) -> Self {
+    /// `boot`: this process's incarnation, larger than any earlier one's.
+    pub fn new(id: u32, boot: u64, group: u32, workers: usize) -> Self {
         Self {
             id,
+            boot,
             group,
             seq: 0,
             workers,
@@ -93,6 +96,7 @@ impl Agent {
         report.backup_connections = report.sync.as_ref().map_or(0, |s| s.backup_connections);
         Heartbeat {
             member: self.id,
+            boot: self.boot,
             seq: self.seq,
             ready,
             report,
@@ -225,7 +229,7 @@ mod tests {
 
     #[test]
     fn heartbeats_carry_the_real_backup_count_and_the_tasks_of_the_state_told() {
-        let mut a = Agent::new(1, 1, 1);
+        let mut a = Agent::new(1, 1, 1, 1);
         let report = MemberReport {
             sync: Some(baton_dataplane::sync::engine::SyncReport {
                 backup_connections: 42,
@@ -256,7 +260,7 @@ mod tests {
 
     #[test]
     fn prepare_then_commit_and_refusals_are_reported() {
-        let mut a = Agent::new(1, 1, 1);
+        let mut a = Agent::new(1, 1, 1, 1);
         let mut x = ack(MemberState::Active);
         x.policy = Some(cmd(2, false));
         assert!(a

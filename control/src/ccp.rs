@@ -60,6 +60,10 @@ pub struct MemberReport {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Heartbeat {
     pub member: u32,
+    /// The member process's incarnation: larger after every restart (its start time in
+    /// ns). A newer one tells the orchestrator that the member lost its state.
+    #[serde(default)]
+    pub boot: u64,
     pub seq: u64,
     /// The member's data path is up (its socket receives).
     pub ready: bool,
@@ -216,6 +220,7 @@ mod tests {
     fn round_trip_and_garbage() {
         let hb = Heartbeat {
             member: 3,
+            boot: 1,
             seq: 7,
             ready: true,
             report: MemberReport {

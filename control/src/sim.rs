@@ -37,6 +37,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     pub members: u32,
+    /// Groups; members are spread over them round-robin, and operators move them between.
+    pub groups: u32,
     pub buckets: u32,
     /// Simulated time, in steps of `step`.
     pub steps: u32,
@@ -52,7 +54,8 @@ pub struct SimOptions {
 impl Default for SimOptions {
     fn default() -> Self {
         Self {
-            members: 4,
+            members: 5,
+            groups: 2,
             buckets: 64,
             steps: 1_000,
             step: Duration::from_millis(10),
@@ -87,6 +90,8 @@ impl std::fmt::Display for Violation {
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
     pub entries: u64,
+    /// Members added, removed or moved by operators.
+    pub registry: u64,
     pub joins: u64,
     pub blocked: u64,
     pub failures: u64,
@@ -137,6 +142,8 @@ struct Bulk {
 }
 
 struct SimMember {
+    /// The group its process was started for (a move restarts it).
+    group: u32,
     agent: Agent,
     up: bool,
     ready_at: Duration,
@@ -154,9 +161,11 @@ struct SimMember {
 }
 
 impl SimMember {
-    fn new(id: u32, ready_at: Duration) -> Self {
+    fn new(id: u32, group: u32, ready_at: Duration) -> Self {
         Self {
-            agent: Agent::new(id, 1, 1),
+            group,
+            // Started later, a larger incarnation.
+            agent: Agent::new(id, ready_at.as_nanos() as u64 + 1, group, 1),
             up: true,
             ready_at,
             restart_at: Duration::ZERO,
@@ -202,10 +211,10 @@ fn policy(version: u64) -> PolicyVersion {
     }
 }
 
-/// A one-group configuration of `members` members.
-pub fn config(members: u32, buckets: u32) -> Config {
-    let uplink = |iface: &str, role, prefix: &str| UplinkConfig {
-        iface: iface.into(),
+/// A configuration of `groups` groups and `members` members, spread round-robin.
+pub fn config(members: u32, groups: u32, buckets: u32) -> Config {
+    let uplink = |iface: String, role, prefix: String| UplinkConfig {
+        iface,
         role,
         gateway_v4: None,
         gateway_v6: None,
@@ -213,30 +222,47 @@ pub fn config(members: u32, buckets: u32) -> Config {
     };
     Config {
         orchestrator: toml::from_str::<OrchestratorConfig>("").expect("defaults"),
-        groups: vec![GroupConfig {
-            buckets,
-            sync: true,
-            sync_key_file: None,
-            uplinks: vec![
-                uplink("up-ext", Role::External, "198.18.0.0/24"),
-                uplink("up-int", Role::Internal, "198.19.0.0/24"),
-            ],
-            members: (1..=members)
-                .map(|id| MemberConfig {
-                    id,
-                    downlink: format!("dl-sgm{id}"),
-                    site: 1,
-                })
-                .collect(),
-            ..toml::from_str::<GroupConfig>("id = 1\nuplinks = []").expect("defaults")
-        }],
+        groups: (1..=groups)
+            .map(|g| GroupConfig {
+                buckets,
+                sync: true,
+                sync_key_file: None,
+                uplinks: vec![
+                    uplink(
+                        format!("up-ext{g}"),
+                        Role::External,
+                        format!("198.18.{g}.0/24"),
+                    ),
+                    uplink(
+                        format!("up-int{g}"),
+                        Role::Internal,
+                        format!("198.19.{g}.0/24"),
+                    ),
+                ],
+                members: (1..=members)
+                    .filter(|id| home(*id, groups) == g)
+                    .map(|id| MemberConfig {
+                        id,
+                        downlink: format!("dl-sgm{id}"),
+                        site: 1,
+                    })
+                    .collect(),
+                ..toml::from_str::<GroupConfig>(&format!("id = {g}\nuplinks = []"))
+                    .expect("defaults")
+            })
+            .collect(),
     }
+}
+
+/// The group a member is configured in at the start.
+fn home(member: u32, groups: u32) -> u32 {
+    1 + (member - 1) % groups.max(1)
 }
 
 impl Sim {
     pub fn new(seed: u64, opts: SimOptions) -> Self {
         let t0 = Instant::now();
-        let config = config(opts.members, opts.buckets);
+        let config = config(opts.members, opts.groups, opts.buckets);
         let mut copts = cluster::Options::from_config(&config);
         copts.join_sync_max = Duration::from_secs(2);
         copts.take_buckets_after_join_timeout = opts.take_buckets_after_join_timeout;
@@ -246,7 +272,7 @@ impl Sim {
         let members = (1..=opts.members)
             .map(|id| {
                 let ready = Duration::from_millis(rng.below(300));
-                (id, SimMember::new(id, ready))
+                (id, SimMember::new(id, home(id, opts.groups), ready))
             })
             .collect();
         let mut sim = Self {
@@ -314,7 +340,14 @@ impl Sim {
             let m = self.members.get_mut(id).expect("member");
             if !m.up && m.restart_at != Duration::ZERO && now >= m.restart_at {
                 let ready = now + Duration::from_millis(50 + self.rng.below(400));
-                *m = SimMember::new(*id, ready);
+                // Started with the group its configuration names now.
+                let group = self
+                    .cluster
+                    .state()
+                    .members
+                    .get(id)
+                    .map_or(m.group, |r| r.group);
+                *m = SimMember::new(*id, group, ready);
                 m.next_heartbeat = now;
                 self.note(format!("member {id} restarts"));
             }
@@ -400,12 +433,30 @@ impl Sim {
             75..=84 => {
                 let v = self.next_policy;
                 self.next_policy += 1;
+                let group = 1 + self.rng.below(u64::from(self.opts.groups)) as u32;
                 self.request(Op::PolicyInstall {
-                    group: 1,
+                    group,
                     target: policy(v),
                 });
             }
-            85..=87 => self.request(Op::PolicyRollback { group: 1 }),
+            85..=87 => {
+                let group = 1 + self.rng.below(u64::from(self.opts.groups)) as u32;
+                self.request(Op::PolicyRollback { group });
+            }
+            88..=90 => {
+                let group = 1 + self.rng.below(u64::from(self.opts.groups)) as u32;
+                self.request(Op::Move { member: id, group });
+            }
+            91..=92 => self.request(Op::Remove { member: id }),
+            93..=99 => {
+                let group = 1 + self.rng.below(u64::from(self.opts.groups)) as u32;
+                self.request(Op::Add {
+                    member: id,
+                    group,
+                    site: 1,
+                    downlink: format!("dl-sgm{id}"),
+                });
+            }
             _ => {}
         }
     }
@@ -435,6 +486,9 @@ impl Sim {
                         Command::JoinBlocked { .. } => self.report.blocked += 1,
                         Command::Lost { .. } => self.report.failures += 1,
                         Command::PolicyEnd { .. } => self.report.policies += 1,
+                        Command::Add { .. } | Command::Remove { .. } | Command::Move { .. } => {
+                            self.report.registry += 1
+                        }
                         _ => {}
                     }
                     self.note(format!("log {}: {:?}", e.index, e.command));
@@ -601,14 +655,25 @@ impl Sim {
         if !m.up {
             return;
         }
-        for a in m.agent.handle(&ack, m.enforced) {
+        let actions = m.agent.handle(&ack, m.enforced);
+        for a in actions {
+            let m = self.members.get_mut(&id).expect("member");
             match a {
                 AgentAction::Enforce(p) => m.enforced = p.version,
                 AgentAction::View(v) => {
                     let msgs = sync_view(id, m, &v, self.now);
                     self.sync.extend(msgs);
                 }
-                AgentAction::Workers(_) | AgentAction::Moved { .. } | AgentAction::Role { .. } => {}
+                AgentAction::Moved { to } => {
+                    // As `baton sgm` does: it stops, and its supervisor starts it again
+                    // with the new group's settings.
+                    m.up = false;
+                    m.restart_at = self.now + Duration::from_millis(100);
+                    m.group = to;
+                    self.note(format!("member {id} moved to group {to}: restarts"));
+                    return;
+                }
+                AgentAction::Workers(_) | AgentAction::Role { .. } => {}
             }
         }
     }
@@ -744,6 +809,7 @@ pub fn run_seeds(first: u64, seeds: u64, opts: &SimOptions) -> Result<SimReport,
         total.blocked += r.blocked;
         total.failures += r.failures;
         total.policies += r.policies;
+        total.registry += r.registry;
     }
     Ok(total)
 }

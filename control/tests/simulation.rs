@@ -35,6 +35,7 @@ fn every_invariant_holds_over_many_seeds() {
     assert!(report.failures > n / 2, "{report:?}");
     assert!(report.blocked > 0, "no join was ever blocked: {report:?}");
     assert!(report.policies > n / 2, "{report:?}");
+    assert!(report.registry > n / 2, "{report:?}");
 }
 
 #[test]

@@ -183,6 +183,8 @@ pub enum Output {
 #[derive(Clone, Debug)]
 struct Seen {
     heard: Instant,
+    /// The incarnation of the process last heard.
+    boot: u64,
     report: MemberReport,
     ready: bool,
     /// Heard at least once by this process (a restored member has only a restored time).
@@ -223,6 +225,8 @@ pub struct Cluster {
     phase_since: BTreeMap<u32, Instant>,
     /// Policy requests waiting for their install to end: group → request ids.
     pending: BTreeMap<u32, Vec<u64>>,
+    /// Whether a tick was handled yet (restored members count as heard at the first).
+    ticked: bool,
 }
 
 /// A stored cluster: the snapshot, its index and the entries after it.
@@ -264,6 +268,7 @@ impl Cluster {
             staged: BTreeMap::new(),
             phase_since: BTreeMap::new(),
             pending: BTreeMap::new(),
+            ticked: false,
         };
         for (id, r) in &c.state.members {
             if matches!(r.state, MemberState::Active | MemberState::Joining) {
@@ -271,6 +276,7 @@ impl Cluster {
                     *id,
                     Seen {
                         heard: now,
+                        boot: 0,
                         report: MemberReport::default(),
                         ready: false,
                         reported: false,
@@ -664,15 +670,32 @@ impl Cluster {
         };
         let seen = self.seen.entry(id).or_insert_with(|| Seen {
             heard: now,
+            boot: hb.boot,
             report: MemberReport::default(),
             ready: false,
             reported: false,
             path: None,
         });
+        if hb.boot < seen.boot {
+            return; // a late heartbeat of an earlier incarnation
+        }
+        // A member restarted since it was last heard lost its connections and the
+        // records synced to it: whatever it was doing, it starts again from Down, its
+        // buckets going to their backups (who hold its connections), and rejoins.
+        let restarted = seen.reported && hb.boot > seen.boot;
+        seen.boot = hb.boot;
         seen.heard = now;
         seen.report = hb.report;
         seen.ready = hb.ready;
         seen.reported = true;
+        if restarted
+            && matches!(
+                self.state.state_of(id),
+                Some(MemberState::Active | MemberState::Joining)
+            )
+        {
+            self.commit(now, Command::Lost { member: id }, out);
+        }
         if self.state.state_of(id) == Some(MemberState::Down) {
             self.waiting.insert(id, now);
             self.commit(now, Command::Heard { member: id }, out);
@@ -767,6 +790,15 @@ impl Cluster {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if !self.ticked {
+            // A restarted orchestrator counts the members it knew as heard when it is
+            // ready to hear them, not when it read its state (loading the programs may
+            // take longer than the dead interval on a busy machine).
+            self.ticked = true;
+            for s in self.seen.values_mut().filter(|s| !s.reported) {
+                s.heard = now;
+            }
+        }
         let dead_after = self.opts.dead_after();
         let silent: Vec<u32> = self
             .state

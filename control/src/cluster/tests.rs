@@ -18,6 +18,7 @@ fn hb(member: u32, enforced: u64, synced: u64, prepared: Option<u64>) -> Input {
     Input::Heartbeat {
         hb: Box::new(Heartbeat {
             member,
+            boot: 1,
             seq: 1,
             ready: true,
             report: MemberReport {
@@ -41,7 +42,7 @@ fn hb(member: u32, enforced: u64, synced: u64, prepared: Option<u64>) -> Input {
 }
 
 fn cluster(members: u32, t: Instant) -> Cluster {
-    let config = sim::config(members, 64);
+    let config = sim::config(members, 1, 64);
     let opts = Options::from_config(&config);
     Cluster::new(config, opts, None, Some(v(1)), t).0
 }
@@ -180,13 +181,16 @@ fn a_restart_restores_the_state_and_an_old_state_file_is_imported() {
         !out.iter().any(|o| matches!(o, Output::Logged(_))),
         "nothing to decide"
     );
-    // Restored Active members count as heard now: silent, they are Lost after the dead
-    // interval, not before.
+    // Restored Active members count as heard at the first tick (however long the start
+    // took): silent, they are Lost a dead interval later, not before.
     let mut d = d;
     let dead = opts.heartbeat_interval * opts.dead_count;
-    d.handle(t + dead / 2, Input::Tick);
+    let first = t + dead * 4;
+    d.handle(first, Input::Tick);
     assert_eq!(d.state().state_of(1), Some(MemberState::Active));
-    d.handle(t + dead + Duration::from_millis(1), Input::Tick);
+    d.handle(first + dead, Input::Tick);
+    assert_eq!(d.state().state_of(1), Some(MemberState::Active));
+    d.handle(first + dead + Duration::from_millis(1), Input::Tick);
     assert_eq!(d.state().state_of(1), Some(MemberState::Down));
     // A state file of the orchestrator before the cluster core.
     let old = crate::persist::State {
@@ -257,4 +261,38 @@ fn requests_are_refused_with_a_reason_and_change_nothing() {
         }
     }
     assert_eq!(c.applied_index(), before);
+}
+
+#[test]
+fn a_member_restarted_within_the_dead_interval_gives_up_its_buckets_and_rejoins() {
+    let t = Instant::now();
+    let mut c = cluster(3, t);
+    all_active(&mut c, 3, t);
+    let table = c.state().groups[&1].table.clone();
+    let restarted = |boot| {
+        let Input::Heartbeat { mut hb, .. } = hb(2, 1, 0, None) else {
+            unreachable!()
+        };
+        hb.boot = boot;
+        Input::Heartbeat {
+            hb,
+            to_member: 0,
+            from_member: 0,
+        }
+    };
+    // A late heartbeat of the old process changes nothing.
+    c.handle(t, restarted(0));
+    assert_eq!(c.state().state_of(2), Some(MemberState::Active));
+    // The new process (a larger incarnation) has lost its connections: its buckets go to
+    // their backups at once, and it joins again.
+    c.handle(t, restarted(2));
+    assert_ne!(c.state().state_of(2), Some(MemberState::Active));
+    let after = &c.state().groups[&1].table;
+    for (x, y) in table.iter().zip(after) {
+        if x.active == 2 {
+            assert_eq!(y.active, x.backup);
+        } else {
+            assert_eq!(y.active, x.active);
+        }
+    }
 }

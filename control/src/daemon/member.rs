@@ -330,7 +330,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     sock.connect(config.orchestrator.ccp)
         .with_context(|| format!("no route to the orchestrator {}", config.orchestrator.ccp))?;
     sock.set_read_timeout(Some(interval / 4))?;
-    let mut agent = Agent::new(opts.id, group.id, workers);
+    // The start time is this process's incarnation: a restart gives a larger one.
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut agent = Agent::new(opts.id, boot, group.id, workers);
     let mut next = Instant::now();
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     tracing::info!(member = opts.id, group = group.id, "member started");
