@@ -97,6 +97,7 @@ impl Agent {
         Heartbeat {
             member: self.id,
             boot: self.boot,
+            group: self.group,
             seq: self.seq,
             ready,
             report,

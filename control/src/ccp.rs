@@ -64,6 +64,9 @@ pub struct Heartbeat {
     /// ns). A newer one tells the orchestrator that the member lost its state.
     #[serde(default)]
     pub boot: u64,
+    /// The group the member process runs for (0: not said).
+    #[serde(default)]
+    pub group: u32,
     pub seq: u64,
     /// The member's data path is up (its socket receives).
     pub ready: bool,
@@ -221,6 +224,7 @@ mod tests {
         let hb = Heartbeat {
             member: 3,
             boot: 1,
+            group: 1,
             seq: 7,
             ready: true,
             report: MemberReport {

@@ -30,6 +30,9 @@ fn every_invariant_holds_over_many_seeds() {
         SimOptions::default().steps,
         start.elapsed().as_secs_f64()
     );
+    if n < 100 {
+        return; // one seed rerun, or a few: coverage is for the full run
+    }
     // The runs exercised what the invariants are about.
     assert!(report.joins > n, "{report:?}");
     assert!(report.failures > n / 2, "{report:?}");

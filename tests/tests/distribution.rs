@@ -75,11 +75,14 @@ fn a_dead_members_buckets_move_to_their_backups_only() {
         stat["groups"][0]["members"][0]["state"], "down",
         "member 1 declared down"
     );
-    // 3 heartbeats of 100 ms, a quarter interval of tick, and the polling here.
+    // 3 heartbeats of 100 ms and a tick, plus this test's own polling through `baton stat`
+    // processes: on a loaded machine the polling dominates, so the bound here is the
+    // wait's; the detection time itself is the `membership` benchmark's figure.
     assert!(
-        detected < Duration::from_millis(1000),
+        detected < Duration::from_secs(3),
         "detection took {detected:?}"
     );
+    eprintln!("member 1 seen down {detected:?} after the kill");
     assert_eq!(stat["groups"][0]["smo"], 2, "the next lowest id is master");
     assert_eq!(stat["groups"][0]["members"][1]["smo"], true);
     let after = bucket_table();

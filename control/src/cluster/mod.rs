@@ -183,8 +183,9 @@ pub enum Output {
 #[derive(Clone, Debug)]
 struct Seen {
     heard: Instant,
-    /// The incarnation of the process last heard.
+    /// The incarnation of the process last heard, and the group it runs for.
     boot: u64,
+    group: u32,
     report: MemberReport,
     ready: bool,
     /// Heard at least once by this process (a restored member has only a restored time).
@@ -277,6 +278,7 @@ impl Cluster {
                     Seen {
                         heard: now,
                         boot: 0,
+                        group: 0,
                         report: MemberReport::default(),
                         ready: false,
                         reported: false,
@@ -671,6 +673,7 @@ impl Cluster {
         let seen = self.seen.entry(id).or_insert_with(|| Seen {
             heard: now,
             boot: hb.boot,
+            group: hb.group,
             report: MemberReport::default(),
             ready: false,
             reported: false,
@@ -684,6 +687,7 @@ impl Cluster {
         // buckets going to their backups (who hold its connections), and rejoins.
         let restarted = seen.reported && hb.boot > seen.boot;
         seen.boot = hb.boot;
+        seen.group = hb.group;
         seen.heard = now;
         seen.report = hb.report;
         seen.ready = hb.ready;
@@ -740,6 +744,13 @@ impl Cluster {
         let Some(seen) = self.seen.get(&id).filter(|s| s.reported) else {
             return Some("not heard since the orchestrator started".into());
         };
+        if seen.group != 0 && seen.group != r.group {
+            // Moved: this process has the other group's settings and restarts.
+            return Some(format!(
+                "its process runs for group {}, not {} (it restarts)",
+                seen.group, r.group
+            ));
+        }
         if !seen.ready {
             return Some("its data path is not ready".into());
         }

@@ -19,6 +19,7 @@ fn hb(member: u32, enforced: u64, synced: u64, prepared: Option<u64>) -> Input {
         hb: Box::new(Heartbeat {
             member,
             boot: 1,
+            group: 1,
             seq: 1,
             ready: true,
             report: MemberReport {
