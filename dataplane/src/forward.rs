@@ -134,6 +134,9 @@ struct SyncLink {
     /// newer, so each gets the ticket it was promised (the last sent + its position).
     unsent: VecDeque<[u8; RECORD_BYTES]>,
     resync_generation: u64,
+    /// A resync whose records wait in `unsent`: it counts as carried out only once they
+    /// have gone, or the bulk sync would be declared complete without them.
+    resync_unsent: Option<u64>,
 }
 
 /// Most records a worker keeps while the channel is full; beyond, they count as lost
@@ -248,6 +251,7 @@ impl Forwarder {
             held: VecDeque::new(),
             unsent: VecDeque::new(),
             resync_generation,
+            resync_unsent: None,
         });
     }
 
@@ -317,11 +321,15 @@ impl Forwarder {
         let mut sent = 0usize;
         for c in self.conns.snapshot() {
             if r.wants(&link.tap.bucketer, &c.key) {
-                link.tap.emit(link.slot, c.encode(RecordOp::Upsert, ms));
+                link.send(c.encode(RecordOp::Upsert, ms));
                 sent += 1;
             }
         }
-        link.tap.mark_applied(link.slot, r.generation);
+        if link.unsent.is_empty() {
+            link.tap.mark_applied(link.slot, r.generation);
+        } else {
+            link.resync_unsent = Some(r.generation);
+        }
         tracing::debug!(slot = link.slot, sent, "bulk resync");
     }
 
@@ -684,6 +692,11 @@ impl Forwarder {
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
         if let Some(link) = self.sync.as_mut() {
             link.flush();
+            if link.unsent.is_empty() {
+                if let Some(generation) = link.resync_unsent.take() {
+                    link.tap.mark_applied(link.slot, generation);
+                }
+            }
         }
         self.release(now, out);
         self.resync(now);

@@ -166,6 +166,26 @@ impl Engine {
             })
             .collect();
         let mask = view.buckets.len() as u32 - 1;
+        // Copies of buckets this member now owns go to those buckets' backups; copies of
+        // buckets it neither owns nor backs up are dropped. The store is read before the
+        // workers are asked to resync: a copy a worker takes over after this read is in
+        // its table when it resyncs; read after, a copy taken over in between (after the
+        // worker's snapshot) would be in neither and never reach its new backup (seen
+        // under CPU load: connections lost at a second failure).
+        let bucketer = self.tap.bucketer.clone();
+        let of = |k: &FlowKey| {
+            let i = (bucketer(k) & mask) as usize;
+            (view.buckets[i], view.extra.get(i).copied().unwrap_or(0))
+        };
+        let (records, dropped) = {
+            let mut store = self.tap.store.lock().unwrap_or_else(|e| e.into_inner());
+            let records = store.records_where(now, |k| changed[(bucketer(k) & mask) as usize]);
+            let dropped = store.remove_where(|k| {
+                let ((a, b), e) = of(k);
+                a != me && b != me && e != me
+            });
+            (records, dropped)
+        };
         let moved = changed.iter().filter(|c| **c).count();
         if moved > 0 {
             self.tap.request_resync(changed.clone(), mask);
@@ -182,22 +202,6 @@ impl Engine {
         } else {
             self.synced_version = view.version;
         }
-        // Copies of buckets this member now owns go to those buckets' backups; copies of
-        // buckets it neither owns nor backs up are dropped.
-        let bucketer = self.tap.bucketer.clone();
-        let of = |k: &FlowKey| {
-            let i = (bucketer(k) & mask) as usize;
-            (view.buckets[i], view.extra.get(i).copied().unwrap_or(0))
-        };
-        let (records, dropped) = {
-            let mut store = self.tap.store.lock().unwrap_or_else(|e| e.into_inner());
-            let records = store.records_where(now, |k| changed[(bucketer(k) & mask) as usize]);
-            let dropped = store.remove_where(|k| {
-                let ((a, b), e) = of(k);
-                a != me && b != me && e != me
-            });
-            (records, dropped)
-        };
         tracing::info!(
             version = view.version,
             peers = ?peers,
