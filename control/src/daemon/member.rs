@@ -22,7 +22,7 @@ use baton_control::{
 use baton_dataplane::{
     conntrack::{ConnTable, FlowKey, Timeouts},
     dispatch::{Dispatcher, MakeForwarder, WorkerStats, WORKERS_MAX},
-    forward::{DropReason, Forwarder, NeighbourLimits},
+    forward::{Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
     port::{self, Control, PortConfig, PortStats, QUEUES_MAX},
@@ -31,6 +31,7 @@ use baton_dataplane::{
         proto::{self, Endpoint, GroupKey},
         tap::{Bucketer, Outbound, SyncTap},
     },
+    verdict::DropReason,
 };
 
 /// `baton sgm`'s options.

@@ -1,5 +1,5 @@
 //! The sync thread's I/O: one AF_XDP socket on the member's sync port (raw frames of
-//! EtherType 0x88B5, nothing else), driving the [`Engine`].
+//! EtherType `ETH_P_SYNC`, nothing else), driving the [`Engine`].
 
 use std::{
     sync::{
@@ -11,10 +11,9 @@ use std::{
 
 use crossbeam_channel::Receiver;
 
-use super::{
-    engine::{Engine, SyncReport, View},
-    proto::ETHERTYPE,
-};
+use baton_common::net::ETH_P_SYNC;
+
+use super::engine::{Engine, SyncReport, View};
 use crate::{
     error::PortError,
     loader::Member,
@@ -53,7 +52,7 @@ pub fn run(
             // SAFETY: received frames are ours until recycled below.
             let data = unsafe { sock.umem.data(desc) };
             let f = data.contents();
-            if f.len() >= 14 && u16::from_be_bytes([f[12], f[13]]) == ETHERTYPE {
+            if f.len() >= 14 && u16::from_be_bytes([f[12], f[13]]) == ETH_P_SYNC {
                 engine.on_frame(&f[14..], now);
             } else {
                 not_sync += 1;
@@ -68,7 +67,7 @@ pub fn run(
             frame.clear();
             frame.extend_from_slice(&dst);
             frame.extend_from_slice(&mac);
-            frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+            frame.extend_from_slice(&ETH_P_SYNC.to_be_bytes());
             frame.extend_from_slice(&payload);
             if !sock.originate(&frame) {
                 // No free frame: the protocol retransmits what did not leave.
