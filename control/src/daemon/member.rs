@@ -295,7 +295,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 },
                 s.key,
             );
-            let engine = Engine::new(opts.id, endpoint, s.tap, s.records);
+            let engine = Engine::new(opts.id, endpoint, s.tap.bucketer.clone());
             let cfg = PortConfig {
                 iface: opts.sync_port.clone(),
                 ..Default::default()
@@ -309,7 +309,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                             &cfg,
                             &mut sync_programs,
                             s.mac,
-                            engine,
+                            baton_dataplane::sync::io::SyncParts {
+                                engine,
+                                tap: s.tap,
+                                records: s.records,
+                            },
                             views_rx,
                             report,
                             stop.clone(),
