@@ -18,10 +18,10 @@ use std::{
 };
 
 use anyhow::Context;
-use baton_common::bench;
+use baton_common::{bench, net::IPPROTO_UDP};
 use baton_control::{config::Mode, lab};
 use baton_dataplane::{
-    conntrack::{ConnTable, Packet, Timeouts, UDP},
+    conntrack::{ConnTable, Packet, Timeouts},
     forward::{Forwarder, NeighbourLimits},
     loader::{Member, Orchestrator},
     policy::Policy,
@@ -244,7 +244,7 @@ pub fn udp_packets(n: usize) -> Vec<Packet> {
         .map(|i| Packet {
             src: IpAddr::from([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
             dst: IpAddr::from([198, 19, 0, 1]),
-            proto: UDP,
+            proto: IPPROTO_UDP,
             sport: i as u16,
             dport: 53,
             flags: 0,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use baton_benches::{distributor::Topology, sgm};
 use baton_dataplane::{
     conntrack::{ConnTable, Timeouts},
-    forward::DropReason,
+    verdict::DropReason,
 };
 
 #[test]
