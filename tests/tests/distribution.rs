@@ -139,8 +139,22 @@ fn a_detached_member_is_out_of_service_until_attached() {
             "bucket {i} no longer uses member 2"
         );
     }
-    // Its heartbeats go on, and change nothing while it is detached.
-    std::thread::sleep(Duration::from_millis(500));
+    // Its heartbeats go on, and change nothing while it is detached: watch five of them
+    // arrive (each one resets the heartbeat's age).
+    let mut heard = 0;
+    let mut age = u64::MAX;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while heard < 5 {
+        assert!(std::time::Instant::now() < deadline, "member 2 fell silent");
+        let now = stat_json()["groups"][0]["members"][1]["last_heartbeat_ms"]
+            .as_u64()
+            .expect("member 2's heartbeat age");
+        if now < age {
+            heard += 1;
+        }
+        age = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stat = stat_json();
     assert_eq!(stat["groups"][0]["members"][1]["state"], "detached");
     assert_eq!(stat["groups"][0]["smo"], 1);

@@ -258,14 +258,17 @@ fn inject(port: &str, frames: Vec<Vec<u8>>) {
     .expect("inject");
 }
 
-/// Captures, on a bridge port, the first sync frame its member sends to `dst`.
+/// Captures, on a bridge port, the first sync frame its member sends to `dst`; returns once
+/// the capture socket is bound, so no frame sent after the call is missed.
 fn capture_sync_frame(
     port: &str,
     dst: [u8; 6],
 ) -> std::thread::JoinHandle<Result<Vec<u8>, TrafficError>> {
     let port = port.to_string();
-    in_netns(NS_ORCH, move || {
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let capture = in_netns(NS_ORCH, move || {
         let sock = RawSocket::bind(&port);
+        let _ = ready_tx.send(());
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(f) = sock.recv() {
@@ -275,7 +278,11 @@ fn capture_sync_frame(
             }
         }
         panic!("no sync frame to {dst:02x?} within 5 s");
-    })
+    });
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("capture socket bound");
+    capture
 }
 
 fn sync_mac(ns: &str) -> [u8; 6] {
@@ -291,7 +298,6 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
     let mac1 = sync_mac("bt-sgm1");
     // Some connections, so records flow from member 2 to member 1 (and back).
     let capture = capture_sync_frame("sy-sgm2", mac1);
-    std::thread::sleep(Duration::from_millis(300));
     let sessions = Sessions::start(
         flows(26000)[..40].to_vec(),
         PACE,
@@ -319,7 +325,21 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
     stranger[14 + 6..14 + 10].copy_from_slice(&9u32.to_be_bytes());
     let mut garbage = genuine[..20].to_vec();
     garbage[14] = 0xee;
-    std::thread::sleep(Duration::from_millis(200));
+    // The genuine frame must have reached member 1 before it is sent again, or the first
+    // copy would be news, not a replay: wait for member 2's stream to member 1 to have a
+    // later frame acknowledged (acknowledgements are cumulative).
+    let acked_by_1 = |s: &Value| {
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == 2)
+            .and_then(|m| m["peers"].as_array().unwrap().iter().find(|p| p["id"] == 1))
+            .map_or(0, |p| p["acked"].as_u64().unwrap())
+    };
+    let acked = acked_by_1(&sync_json());
+    let s = wait_for_sync(|s| acked_by_1(s) > acked);
+    assert!(acked_by_1(&s) > acked, "member 2's stream stalled: {s}");
     inject(
         "sy-sgm1",
         vec![genuine.clone(), genuine.clone(), forged, stranger, garbage],
@@ -347,7 +367,7 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
 }
 
 fn wait_for_sync(check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = sync_json();
         if check(&s) || Instant::now() > deadline {
