@@ -20,9 +20,9 @@ use baton_benches::micro::{
 use baton_common::{addr_word, flow_hash};
 use baton_dataplane::{
     conntrack::{ConnTable, Packet, Timeouts},
-    forward::Verdict,
     port::{FrameHandler, MacSwap},
     sync::proto::{Config, Endpoint, GroupKey, Record, RECORDS_PER_FRAME, RECORD_LEN},
+    verdict::Verdict,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etherparse::PacketBuilder;

@@ -13,13 +13,14 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use baton_common::net::IPPROTO_TCP;
 use baton_control::{
     api::{Client, SyncStat},
     config::default_api_socket,
     membership::MemberState,
 };
 use baton_dataplane::{
-    conntrack::{flags, ConnTable, Packet, Timeouts, TCP},
+    conntrack::{flags, ConnTable, Packet, Timeouts},
     sync::{
         proto::{Config, Endpoint, GroupKey},
         store::BackupStore,
@@ -344,7 +345,7 @@ pub fn records(n: usize) -> anyhow::Result<Figure> {
         let p = Packet {
             src: IpAddr::from((0xc612_0000u32 | (i & 0xffff)).to_be_bytes()),
             dst: IpAddr::from([198, 19, 0, 1]),
-            proto: TCP,
+            proto: IPPROTO_TCP,
             sport: (i >> 16) as u16 + 1024,
             dport: 80,
             flags: flags::SYN,

@@ -11,8 +11,9 @@
 use std::{net::IpAddr, time::Instant};
 
 use anyhow::Context;
+use baton_common::net::IPPROTO_UDP;
 use baton_dataplane::{
-    conntrack::{ConnTable, Packet, Timeouts, UDP},
+    conntrack::{ConnTable, Packet, Timeouts},
     port::MacSwap,
 };
 use baton_lab::{
@@ -123,7 +124,7 @@ pub fn udp_packets(n: usize) -> Vec<Packet> {
         .map(|i| Packet {
             src: IpAddr::from([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
             dst: IpAddr::from([198, 19, 0, 1]),
-            proto: UDP,
+            proto: IPPROTO_UDP,
             sport: i as u16,
             dport: 53,
             flags: 0,

@@ -8,13 +8,8 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use baton_common::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP};
 use indexmap::IndexMap;
-
-/// IP protocol numbers the table knows.
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-pub const ICMPV6: u8 = 58;
 
 /// TCP flag bits as in the header.
 pub mod flags {
@@ -154,8 +149,10 @@ pub enum RecordOp {
     Delete = 2,
 }
 
-/// Bytes of one sync record.
-pub const RECORD_BYTES: usize = 48;
+/// Bytes of one sync record (the one size the sync wire format carries).
+pub const RECORD_LEN: usize = 48;
+/// One sync record: a connection's state as [`Connection::encode`] writes it.
+pub type Record = [u8; RECORD_LEN];
 
 /// A change the table made that its backup must hear about (see [`ConnTable::journal`]).
 #[derive(Clone, Copy, Debug)]
@@ -193,8 +190,8 @@ impl Connection {
     /// The sync record of this connection (`now_ms` on its table's clock). Layout, all
     /// big-endian: op, state, initiator is lo, FINs, protocol, 0, lo port, hi port, 0, 0,
     /// milliseconds to live (u32), lo address, hi address (16 bytes each, IPv4 mapped).
-    pub fn encode(&self, op: RecordOp, now_ms: u64) -> [u8; RECORD_BYTES] {
-        let mut r = [0u8; RECORD_BYTES];
+    pub fn encode(&self, op: RecordOp, now_ms: u64) -> Record {
+        let mut r = [0u8; RECORD_LEN];
         let e = &self.entry;
         r[0] = op as u8;
         r[1] = e.state as u8;
@@ -212,7 +209,7 @@ impl Connection {
 
     /// Reads a sync record (`now_ms` on the receiving table's clock); None when it makes
     /// no sense (unknown op or state, addresses out of order).
-    pub fn decode(r: &[u8; RECORD_BYTES], now_ms: u64) -> Option<(RecordOp, Connection)> {
+    pub fn decode(r: &Record, now_ms: u64) -> Option<(RecordOp, Connection)> {
         let op = match r[0] {
             1 => RecordOp::Upsert,
             2 => RecordOp::Delete,
@@ -409,17 +406,19 @@ impl ConnTable {
             self.counters.expired += 1;
         }
         let state = match p.proto {
-            TCP if p.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN => State::SynSent,
-            TCP => {
+            IPPROTO_TCP if p.flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN => {
+                State::SynSent
+            }
+            IPPROTO_TCP => {
                 self.counters.no_connection += 1;
                 return Track::NoConnection;
             }
             // Echo requests open; replies and errors never do.
-            ICMP if p.flags != 8 => {
+            IPPROTO_ICMP if p.flags != 8 => {
                 self.counters.no_connection += 1;
                 return Track::NoConnection;
             }
-            ICMPV6 if p.flags != 128 => {
+            IPPROTO_ICMPV6 if p.flags != 128 => {
                 self.counters.no_connection += 1;
                 return Track::NoConnection;
             }
@@ -513,7 +512,9 @@ impl ConnTable {
             State::SynSent | State::SynReceived => self.timeouts.syn,
             State::Established => self.timeouts.established,
             State::FinWait | State::TimeWait => self.timeouts.closing,
-            State::Open | State::Replied if proto == ICMP || proto == ICMPV6 => self.timeouts.icmp,
+            State::Open | State::Replied if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 => {
+                self.timeouts.icmp
+            }
             State::Open | State::Replied => self.timeouts.udp,
         };
         t.as_millis() as u64
@@ -528,7 +529,7 @@ impl ConnTable {
         from_initiator: bool,
         now_ms: u64,
     ) -> Option<Entry> {
-        if p.proto == TCP {
+        if p.proto == IPPROTO_TCP {
             let f = p.flags;
             if f & flags::RST != 0 {
                 return None;
@@ -589,13 +590,15 @@ impl ConnTable {
 
 #[cfg(test)]
 mod tests {
+    use baton_common::net::IPPROTO_UDP;
+
     use super::*;
 
     fn tcp(src: &str, sport: u16, dst: &str, dport: u16, f: u8) -> Packet {
         Packet {
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
-            proto: TCP,
+            proto: IPPROTO_TCP,
             sport,
             dport,
             flags: f,
@@ -678,7 +681,7 @@ mod tests {
         let udp = Packet {
             src: C.parse().unwrap(),
             dst: S.parse().unwrap(),
-            proto: UDP,
+            proto: IPPROTO_UDP,
             sport: 53,
             dport: 53,
             flags: 0,
@@ -695,7 +698,7 @@ mod tests {
         );
         // ICMP: only an echo request opens; the reply (type 0) then matches.
         let echo = Packet {
-            proto: ICMP,
+            proto: IPPROTO_ICMP,
             sport: 7,
             dport: 7,
             flags: 8,
@@ -717,7 +720,7 @@ mod tests {
         let v6 = Packet {
             src: "2001:db8:18::1".parse().unwrap(),
             dst: "2001:db8:19::1".parse().unwrap(),
-            proto: UDP,
+            proto: IPPROTO_UDP,
             sport: 1,
             dport: 2,
             flags: 0,
@@ -776,7 +779,7 @@ mod tests {
             let p = Packet {
                 src: C.parse().unwrap(),
                 dst: S.parse().unwrap(),
-                proto: UDP,
+                proto: IPPROTO_UDP,
                 sport: i,
                 dport: 9,
                 flags: 0,
@@ -788,7 +791,7 @@ mod tests {
         let fresh = Packet {
             src: C.parse().unwrap(),
             dst: S.parse().unwrap(),
-            proto: UDP,
+            proto: IPPROTO_UDP,
             sport: 60000,
             dport: 9,
             flags: 0,

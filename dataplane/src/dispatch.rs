@@ -21,15 +21,23 @@ use std::{
 use crossbeam_channel::{Receiver, Sender};
 use xsk_rs::{FrameDesc, Umem};
 
+use baton_common::net::{ETH_P_IPV4, ETH_P_IPV6};
+
 use crate::{
-    forward::{DropReason, Forwarder, Verdict},
-    frame::{self, Inspect, ETH_P_IPV4, ETH_P_IPV6},
+    forward::Forwarder,
+    frame,
+    inspect::{inspect_v4, inspect_v6, Inspect},
     policy::Policy,
     port::BatchProcessor,
+    sync::tap::SLOTS,
+    verdict::{DropReason, Verdict},
+    wire::{Ipv4Packet, Ipv6Packet},
 };
 
 /// Most workers one member runs.
 pub const WORKERS_MAX: usize = 16;
+// Each worker takes its own slot of the sync tap.
+const _: () = assert!(WORKERS_MAX <= SLOTS);
 
 enum Request {
     Batch {
@@ -170,31 +178,25 @@ fn pick(frame: &[u8], n: usize) -> Option<usize> {
     let (ethertype, l3) = frame::l2(frame)?;
     let ip = frame.get(l3..)?;
     let (src, dst) = match ethertype {
-        ETH_P_IPV4
-            if ip.len() >= 20
-                && (ip[0] & 0x0f) >= 5
-                && ip.len() >= ((ip[0] & 0x0f) as usize) * 4 =>
-        {
-            match frame::inspect_v4(ip) {
+        ETH_P_IPV4 => {
+            // Any version passes here: the worker drops what is not IPv4, and counts it.
+            let ip = Ipv4Packet::new_unchecked(ip);
+            ip.check_len().ok()?;
+            match inspect_v4(&ip) {
                 Inspect::Related(q) => (q.src, q.dst),
-                _ => (
-                    IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
-                    IpAddr::from([ip[16], ip[17], ip[18], ip[19]]),
-                ),
+                _ => (ip.src_addr().into(), ip.dst_addr().into()),
             }
         }
-        ETH_P_IPV6 if ip.len() >= 40 => {
+        ETH_P_IPV6 => {
+            let ip = Ipv6Packet::new_unchecked(ip);
+            ip.check_len().ok()?;
             // Neighbour discovery is for every worker.
-            if ip[6] == frame::IPPROTO_ICMPV6 && ip.get(40).is_some_and(|t| (133..=137).contains(t))
-            {
+            if frame::is_neighbour_discovery(&ip) {
                 return None;
             }
-            match frame::inspect_v6(ip) {
+            match inspect_v6(&ip) {
                 Inspect::Related(q) => (q.src, q.dst),
-                _ => (
-                    IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap()),
-                    IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()),
-                ),
+                _ => (ip.src_addr().into(), ip.dst_addr().into()),
             }
         }
         _ => return None,

@@ -6,9 +6,12 @@ pub mod dispatch;
 pub mod error;
 pub mod forward;
 pub mod frame;
+pub mod inspect;
 pub mod loader;
 pub mod policy;
 pub mod port;
 pub mod sync;
+pub mod verdict;
+pub mod wire;
 
 pub use error::{LoadError, PortError};

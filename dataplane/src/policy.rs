@@ -19,7 +19,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::conntrack::{Packet, ICMP, ICMPV6, TCP, UDP};
+use baton_common::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::conntrack::Packet;
 
 #[derive(Debug, Error)]
 pub enum PolicyError {
@@ -124,10 +126,10 @@ fn range(s: &str) -> Result<(u16, u16), String> {
 fn protocol(s: &str) -> Result<Option<u8>, String> {
     Ok(match s {
         "any" => None,
-        "tcp" => Some(TCP),
-        "udp" => Some(UDP),
-        "icmp" => Some(ICMP),
-        "icmpv6" => Some(ICMPV6),
+        "tcp" => Some(IPPROTO_TCP),
+        "udp" => Some(IPPROTO_UDP),
+        "icmp" => Some(IPPROTO_ICMP),
+        "icmpv6" => Some(IPPROTO_ICMPV6),
         n => Some(n.parse::<u8>().map_err(|_| {
             format!("unknown protocol {n:?}: use tcp, udp, icmp, icmpv6, any or a number")
         })?),
@@ -183,7 +185,9 @@ impl Policy {
             let proto = protocol(r.proto.as_deref().unwrap_or("any")).map_err(err)?;
             let sport = r.sport.as_deref().map(range).transpose().map_err(err)?;
             let dport = r.dport.as_deref().map(range).transpose().map_err(err)?;
-            if (sport.is_some() || dport.is_some()) && !matches!(proto, Some(TCP) | Some(UDP)) {
+            if (sport.is_some() || dport.is_some())
+                && !matches!(proto, Some(IPPROTO_TCP) | Some(IPPROTO_UDP))
+            {
                 return Err(err("ports need proto = \"tcp\" or \"udp\"".into()));
             }
             rules.push(Rule {
@@ -266,23 +270,29 @@ action = "accept"
     fn first_match_wins_and_the_end_drops() {
         let p = Policy::parse(POLICY).unwrap();
         assert_eq!(p.version, 3);
-        let v = p.evaluate(&pkt("198.18.0.1", "198.19.0.1", TCP, 5000, 22));
+        let v = p.evaluate(&pkt("198.18.0.1", "198.19.0.1", IPPROTO_TCP, 5000, 22));
         assert_eq!((v.action, v.rule, v.log), (Action::Drop, Some(0), true));
         assert_eq!(
-            p.evaluate(&pkt("198.18.0.1", "198.19.0.1", TCP, 5000, 80))
+            p.evaluate(&pkt("198.18.0.1", "198.19.0.1", IPPROTO_TCP, 5000, 80))
                 .action,
             Action::Accept
         );
         assert_eq!(
-            p.evaluate(&pkt("2001:db8:18::1", "2001:db8:19::1", TCP, 5000, 443))
-                .rule,
+            p.evaluate(&pkt(
+                "2001:db8:18::1",
+                "2001:db8:19::1",
+                IPPROTO_TCP,
+                5000,
+                443
+            ))
+            .rule,
             Some(1)
         );
         // Outside the prefixes, the port range or the protocol: the implicit drop.
         for q in [
-            pkt("198.19.0.1", "198.18.0.1", TCP, 5000, 80),
-            pkt("198.18.0.1", "198.19.0.1", TCP, 5000, 8080),
-            pkt("198.18.0.1", "198.19.0.1", UDP, 5000, 80),
+            pkt("198.19.0.1", "198.18.0.1", IPPROTO_TCP, 5000, 80),
+            pkt("198.18.0.1", "198.19.0.1", IPPROTO_TCP, 5000, 8080),
+            pkt("198.18.0.1", "198.19.0.1", IPPROTO_UDP, 5000, 80),
         ] {
             assert_eq!(
                 p.evaluate(&q),
@@ -294,7 +304,7 @@ action = "accept"
             );
         }
         assert_eq!(
-            p.evaluate(&pkt("198.19.0.1", "198.18.0.1", ICMP, 1, 1))
+            p.evaluate(&pkt("198.19.0.1", "198.18.0.1", IPPROTO_ICMP, 1, 1))
                 .rule,
             Some(2)
         );

@@ -1,6 +1,7 @@
-//! A member's data port: one AF_XDP socket (xsk-rs) on one queue, its UMEM and the worker
-//! loop that receives a batch, runs the [`Forwarder`] on each frame in place and sends the
-//! batch back out of the same port. The rings and UMEM are owned by the worker thread.
+//! A member's data port: one AF_XDP socket (xsk-rs) per queue, its UMEM and the loop that
+//! receives a batch, hands it to a [`BatchProcessor`] (known only by that trait) to decide
+//! about each frame in place, and sends the batch back out of the same port. The rings and
+//! UMEM are owned by the port's thread.
 
 use std::{
     num::NonZeroU32,
@@ -19,9 +20,9 @@ use xsk_rs::{
 
 use crate::{
     error::PortError,
-    forward::{DropReason, Forwarder, Verdict},
     loader::Member,
     policy::Policy,
+    verdict::{DropReason, Verdict},
 };
 
 /// AF_XDP settings of a data port.
@@ -61,55 +62,22 @@ impl Default for PortConfig {
     }
 }
 
-/// What a port runs on each frame: the member's [`Forwarder`], or a trivial handler for
-/// the baseline of the benchmarks.
+/// What a port runs on each frame in its own thread: the member's forwarder, or a trivial
+/// handler for the baseline of the benchmarks. Every method is required, so a handler
+/// says what it holds rather than inheriting zeros.
 pub trait FrameHandler {
     /// Decides about one frame, rewriting it in place; frames to send besides go to `out`.
     fn process(&mut self, frame: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict;
     /// Called a few times a second.
-    fn tick(&mut self, _now: Instant, _out: &mut Vec<Vec<u8>>) {}
+    fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>);
     /// Frames dropped outside `process` (e.g. given up while held), by reason.
-    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
-        [0; DropReason::COUNT]
-    }
-    fn connections(&self) -> usize {
-        0
-    }
+    fn dropped_held(&self) -> [u64; DropReason::COUNT];
+    fn connections(&self) -> usize;
     /// Frames are held that `tick` may release soon (it is then called every millisecond).
-    fn holding(&self) -> bool {
-        false
-    }
-    fn policy_version(&self) -> u64 {
-        0
-    }
+    fn holding(&self) -> bool;
+    fn policy_version(&self) -> u64;
     /// Installs a new policy; returns the connections it closed.
-    fn set_policy(&mut self, _policy: Arc<Policy>) -> usize {
-        0
-    }
-}
-
-impl FrameHandler for Forwarder {
-    fn process(&mut self, frame: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
-        Forwarder::process(self, frame, now, out)
-    }
-    fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        Forwarder::tick(self, now, out)
-    }
-    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
-        self.dropped_held
-    }
-    fn connections(&self) -> usize {
-        self.connections().len()
-    }
-    fn holding(&self) -> bool {
-        Forwarder::holding(self) > 0
-    }
-    fn policy_version(&self) -> u64 {
-        self.policy().version
-    }
-    fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
-        Forwarder::set_policy(self, policy)
-    }
+    fn set_policy(&mut self, policy: Arc<Policy>) -> usize;
 }
 
 /// Changes a port takes between two batches.
@@ -190,6 +158,23 @@ impl FrameHandler for MacSwap {
         let (dst, rest) = f.split_at_mut(6);
         dst.swap_with_slice(&mut rest[..6]);
         Verdict::Forward
+    }
+    // It keeps no state: no timers, held frames, connections or policy.
+    fn tick(&mut self, _now: Instant, _out: &mut Vec<Vec<u8>>) {}
+    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
+        [0; DropReason::COUNT]
+    }
+    fn connections(&self) -> usize {
+        0
+    }
+    fn holding(&self) -> bool {
+        false
+    }
+    fn policy_version(&self) -> u64 {
+        0
+    }
+    fn set_policy(&mut self, _policy: Arc<Policy>) -> usize {
+        0
     }
 }
 

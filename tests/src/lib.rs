@@ -83,6 +83,45 @@ impl Lab {
     }
 }
 
+impl Drop for Lab {
+    /// A failed test keeps the daemons' logs; the guard then takes the lab down.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            keep_logs();
+        }
+    }
+}
+
+/// A failed test's daemon logs outlive the lab: copied to `$BATON_TEST_LOGS` (default
+/// `target/failed-lab-logs`), one folder per failure, named in the test's output.
+fn keep_logs() {
+    let root = std::env::var_os("BATON_TEST_LOGS").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/failed-lab-logs"),
+        std::path::PathBuf::from,
+    );
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .replace("::", "-");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = root.join(format!("{name}-{stamp}"));
+    let Ok(entries) = std::fs::read_dir(baton_lab::topology::STATE_DIR) else {
+        return;
+    };
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let _ = std::fs::copy(&p, dir.join(e.file_name()));
+        }
+    }
+    eprintln!("daemon logs kept in {}", dir.display());
+}
+
 /// Per-member counter from a `stat --json` document.
 pub fn member_field(stat: &Value, field: &str) -> Vec<(u64, u64)> {
     stat["groups"][0]["members"]
@@ -214,9 +253,47 @@ pub fn live_copies(s: &Value) -> u64 {
         .sum()
 }
 
-/// Waits until `connections` have a copy at a live backup and no stream has anything
-/// unacknowledged; panics after `limit`.
+/// The newest bucket table version an active member reports.
+pub fn table_version(s: &Value) -> u64 {
+    s["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["state"] == "active")
+        .filter_map(|m| m["table_version"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every active member has a bucket table newer than `than` (the same one) and reports its
+/// bulk sync for it acknowledged (`synced_version`): copies of moved buckets are at their
+/// new backups. A copy count alone is not enough after a failover: it can include copies
+/// that no takeover has consumed yet while the resync to the new backups is still under
+/// way (seen under CPU load: a second failure then lost connections).
+pub fn resynced(s: &Value, than: u64) -> bool {
+    let newest = table_version(s);
+    newest > than
+        && s["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["state"] == "active")
+            .all(|m| {
+                m["table_version"].as_u64() == Some(newest)
+                    && m["synced_version"].as_u64() >= Some(newest)
+            })
+}
+
+/// Waits until `connections` have a copy at a live backup, every active member's bulk sync
+/// for the current table is acknowledged and no stream has anything unacknowledged;
+/// panics after `limit`.
 pub fn wait_synced(connections: u64, limit: std::time::Duration) {
+    wait_resynced(connections, limit, 0);
+}
+
+/// As [`wait_synced`], for a bucket table newer than version `than` (the one before a
+/// failure).
+pub fn wait_resynced(connections: u64, limit: std::time::Duration, than: u64) {
     let deadline = std::time::Instant::now() + limit;
     loop {
         let s = sync_json();
@@ -227,7 +304,7 @@ pub fn wait_synced(connections: u64, limit: std::time::Duration) {
                         p["queue"].as_u64() == Some(0) || p["lag_ms"].as_f64() < Some(50.0)
                     })
             });
-        if live_copies(&s) >= connections && idle {
+        if live_copies(&s) >= connections && idle && resynced(&s, than) {
             return;
         }
         assert!(

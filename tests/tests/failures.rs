@@ -178,7 +178,8 @@ fn a_failed_member_goes_down_keeps_its_connections_and_comes_back() {
     // Restored: links up at both ends, running, Active again with a share of the buckets.
     let out = baton_ok(&["lab", "restore", "member", "2"]);
     eprintln!("{}", out.trim());
-    let s = wait_stat(Duration::from_secs(10), |s| {
+    // The rejoin includes a process start and a bulk sync: generous, for a loaded machine.
+    let s = wait_stat(Duration::from_secs(30), |s| {
         state(s, VICTIM) == "active"
             && member_field(s, "buckets_active")
                 .iter()

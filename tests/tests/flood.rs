@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use baton_dataplane::{
     conntrack::{ConnTable, Timeouts},
-    forward::DropReason,
+    verdict::DropReason,
 };
 use baton_lab::{
     member_port::{forwarder, round, rss_bytes},

@@ -18,6 +18,14 @@ const PACE: Pace = Pace {
     gap: Duration::from_millis(20),
 };
 const ROUNDS: u64 = 300;
+/// After two failures one member carries all the sessions with one worker: at the full
+/// pace, on a loaded 2-core machine, it was over capacity (captures showed 120 ms of
+/// queueing and three lost segments or ACKs in a row, a TCP backoff past the stall limit,
+/// with every connection's state in place). Half the rate keeps the test about failover.
+const SOLE_PACE: Pace = Pace {
+    chunk: 2048,
+    gap: Duration::from_millis(40),
+};
 /// A connection that stalls longer than this is lost (the design's definition).
 const STALL_LIMIT: Duration = Duration::from_secs(5);
 
@@ -43,17 +51,21 @@ impl Outcome {
 /// Runs the sessions for `rounds` chunks each and kills `victims` in turn (every process
 /// of the member's namespace) once all connections are established and, with sync, each
 /// has a copy at its backup; waits for every connection to end.
-fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64) -> Outcome {
+fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64, pace: Pace) -> Outcome {
     let mut flows = flows(port);
     for f in flows.iter_mut() {
         f.bytes = PACE.chunk as u64 * rounds;
     }
-    let sessions = Sessions::start(flows, PACE, STALL_LIMIT, Duration::from_secs(90));
+    let sessions = Sessions::start(flows, pace, STALL_LIMIT, Duration::from_secs(90));
     sessions.wait_bytes(SESSIONS * PACE.chunk as u64 * 10);
     let mut victim_connections = 0;
+    // The table version before the latest kill: the next kill waits for the resync of the
+    // table that replaced it.
+    let mut before_kill = 0;
     for victim in victims {
         if synced {
-            wait_synced(SESSIONS, Duration::from_secs(10));
+            wait_resynced(SESSIONS, Duration::from_secs(10), before_kill);
+            before_kill = table_version(&sync_json());
         }
         let before = stat_json();
         victim_connections += member_field(&before, "connections")
@@ -116,7 +128,7 @@ fn assert_hitless(o: &Outcome, victim: u32) {
 #[test]
 fn connections_survive_the_kill_of_a_member() {
     let _lab = Lab::up(3);
-    let o = kill_mid_transfer(&[2], 21000, true, ROUNDS);
+    let o = kill_mid_transfer(&[2], 21000, true, ROUNDS, PACE);
     assert_hitless(&o, 2);
     let longest = o
         .results
@@ -132,7 +144,7 @@ fn connections_survive_the_kill_of_a_member() {
 #[test]
 fn connections_survive_the_kill_of_the_smo_master() {
     let _lab = Lab::up(3);
-    let o = kill_mid_transfer(&[1], 22000, true, ROUNDS);
+    let o = kill_mid_transfer(&[1], 22000, true, ROUNDS, PACE);
     assert_hitless(&o, 1);
     let stat = stat_json();
     assert_eq!(stat["groups"][0]["smo"], 2, "member 2 is the new master");
@@ -143,7 +155,7 @@ fn connections_survive_the_kill_of_the_smo_master() {
 #[test]
 fn without_sync_the_dead_members_connections_are_lost() {
     let _lab = Lab::up_with(&["--sgms", "3", "--no-sync"]);
-    let o = kill_mid_transfer(&[2], 23000, false, ROUNDS);
+    let o = kill_mid_transfer(&[2], 23000, false, ROUNDS, PACE);
     let lost = o.lost().len() as u64;
     assert!(
         o.victim_connections >= 20,
@@ -179,7 +191,7 @@ fn connections_survive_with_loss_on_the_sync_link() {
             .expect("fault injector attached")
         })
         .collect();
-    let o = kill_mid_transfer(&[2], 24000, true, ROUNDS);
+    let o = kill_mid_transfer(&[2], 24000, true, ROUNDS, PACE);
     assert_hitless(&o, 2);
     let dropped: u64 = injectors.iter().map(|i| i.stats().unwrap().0).sum();
     let passed: u64 = injectors.iter().map(|i| i.stats().unwrap().1).sum();
@@ -215,13 +227,15 @@ fn connections_survive_with_loss_on_the_sync_link() {
 #[test]
 fn connections_survive_a_second_failure_after_resync() {
     let _lab = Lab::up(3);
-    let o = kill_mid_transfer(&[2, 3], 25000, true, 500);
+    let o = kill_mid_transfer(&[2, 3], 25000, true, 300, SOLE_PACE);
     let lost = o.lost();
     assert!(
         lost.is_empty(),
-        "{} of {SESSIONS} connections lost across two failures, e.g. {:?}",
+        "{} of {SESSIONS} connections lost across two failures, e.g. {:?}\nsync: {}\nstat: {}",
         lost.len(),
-        &lost[..lost.len().min(5)]
+        &lost[..lost.len().min(5)],
+        o.sync_after,
+        stat_json()
     );
     let stat = stat_json();
     let conns = member_field(&stat, "connections");

@@ -22,7 +22,7 @@ use anyhow::Context;
 use baton_dataplane::{
     conntrack::{ConnTable, FlowKey, Timeouts},
     dispatch::{Dispatcher, MakeForwarder, WorkerStats, WORKERS_MAX},
-    forward::{DropReason, Forwarder, NeighbourLimits},
+    forward::{Forwarder, NeighbourLimits},
     loader::Member,
     policy::Policy,
     port::{self, Control, PortConfig, PortStats, QUEUES_MAX},
@@ -31,6 +31,7 @@ use baton_dataplane::{
         proto::{self, Endpoint, GroupKey},
         tap::{Bucketer, Outbound, SyncTap},
     },
+    verdict::DropReason,
 };
 
 /// `baton sgm`'s options.
@@ -294,7 +295,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 },
                 s.key,
             );
-            let engine = Engine::new(opts.id, endpoint, s.tap, s.records);
+            let engine = Engine::new(opts.id, endpoint, s.tap.bucketer.clone());
             let cfg = PortConfig {
                 iface: opts.sync_port.clone(),
                 ..Default::default()
@@ -308,7 +309,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                             &cfg,
                             &mut sync_programs,
                             s.mac,
-                            engine,
+                            baton_dataplane::sync::io::SyncParts {
+                                engine,
+                                tap: s.tap,
+                                records: s.records,
+                            },
                             views_rx,
                             report,
                             stop.clone(),

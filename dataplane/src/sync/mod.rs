@@ -6,3 +6,4 @@ pub mod io;
 pub mod proto;
 pub mod store;
 pub mod tap;
+pub mod worker;

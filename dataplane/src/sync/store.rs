@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 
-use crate::conntrack::{Connection, FlowKey, RecordOp, RECORD_BYTES};
+use crate::conntrack::{Connection, FlowKey, Record, RecordOp};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreCounters {
@@ -54,7 +54,7 @@ impl BackupStore {
     }
 
     /// Applies one record from member `origin`.
-    pub fn apply(&mut self, origin: u32, rec: &[u8; RECORD_BYTES], now: Instant) {
+    pub fn apply(&mut self, origin: u32, rec: &Record, now: Instant) {
         let ms = self.now_ms(now);
         let Some((op, conn)) = Connection::decode(rec, ms) else {
             self.counters.malformed += 1;
@@ -107,7 +107,7 @@ impl BackupStore {
         &self,
         now: Instant,
         mut pick: impl FnMut(&FlowKey) -> bool,
-    ) -> Vec<[u8; RECORD_BYTES]> {
+    ) -> Vec<Record> {
         let ms = self.now_ms(now);
         self.map
             .values()
@@ -128,14 +128,16 @@ impl BackupStore {
 mod tests {
     use std::time::Duration;
 
+    use baton_common::net::IPPROTO_TCP;
+
     use super::*;
-    use crate::conntrack::{flags, ConnTable, Packet, Timeouts, Track, TCP};
+    use crate::conntrack::{flags, ConnTable, Packet, Timeouts, Track, RECORD_LEN};
 
     fn syn(sport: u16) -> Packet {
         Packet {
             src: "198.18.0.1".parse().unwrap(),
             dst: "198.19.0.1".parse().unwrap(),
-            proto: TCP,
+            proto: IPPROTO_TCP,
             sport,
             dport: 80,
             flags: flags::SYN,
@@ -219,7 +221,7 @@ mod tests {
         store.expire(t0 + Duration::from_secs(31));
         assert!(store.is_empty());
         // Garbage is counted, never installed.
-        let mut junk = [0xffu8; RECORD_BYTES];
+        let mut junk = [0xffu8; RECORD_LEN];
         store.apply(2, &junk, t0);
         junk[0] = 1;
         store.apply(2, &junk, t0);

@@ -18,16 +18,17 @@ use std::{
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::store::BackupStore;
-use crate::conntrack::{FlowKey, RECORD_BYTES};
+use crate::conntrack::{FlowKey, Record};
 
-/// Worker slots (as many as a member runs workers).
-pub const SLOTS: usize = crate::dispatch::WORKERS_MAX;
+/// Worker slots a tap serves: one per worker, so at least as many as a member may run
+/// (the dispatcher asserts it).
+pub const SLOTS: usize = 16;
 
 /// A record on its way to the sync thread.
 pub struct Outbound {
     pub slot: u8,
     pub ticket: u64,
-    pub record: [u8; RECORD_BYTES],
+    pub record: Record,
 }
 
 /// The flow hash of a connection, as the orchestrator's `distribute` computes it.
@@ -125,7 +126,7 @@ impl SyncTap {
 
     /// Sends a record from worker `slot`; returns its ticket, or None when the channel
     /// was full (counted).
-    pub fn emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
+    pub fn emit(&self, slot: usize, record: Record) -> Option<u64> {
         let ticket = self.try_emit(slot, record);
         if ticket.is_none() {
             self.stats.channel_full.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +136,7 @@ impl SyncTap {
 
     /// [`emit`](Self::emit) that leaves a refusal to the caller (which keeps the record
     /// to try again) rather than counting it lost.
-    pub fn try_emit(&self, slot: usize, record: [u8; RECORD_BYTES]) -> Option<u64> {
+    pub fn try_emit(&self, slot: usize, record: Record) -> Option<u64> {
         let ticket = self.issued(slot) + 1;
         match self.tx.try_send(Outbound {
             slot: slot as u8,

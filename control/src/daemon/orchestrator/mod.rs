@@ -315,42 +315,72 @@ fn ccp_loop(sock: &UdpSocket, shared: &SharedRef) -> anyhow::Result<()> {
     let mut buf = vec![0u8; ccp::MAX_DATAGRAM];
     let mut last_tick = Instant::now();
     loop {
-        let received = match sock.recv_from(&mut buf) {
-            Ok(r) => Some(r),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let now = Instant::now();
+        let received = recv(sock, &mut buf)?;
         let mut s = lock(shared);
         if let Some((n, from)) = received {
-            match ccp::decode::<Heartbeat>(&buf[..n]) {
-                Some(hb) if s.cluster.state().members.contains_key(&hb.member) => {
-                    let xdp = s.programs.member_stats(hb.member).unwrap_or_default();
-                    let input = Input::Heartbeat {
-                        hb: Box::new(hb),
-                        to_member: xdp.to_member_packets,
-                        from_member: xdp.from_member_packets,
-                    };
-                    s.handle(now, input, Some((sock, from)))?;
-                }
-                Some(hb) => {
-                    tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored")
-                }
-                None => tracing::warn!(%from, bytes = n, "malformed CCP datagram ignored"),
-            }
+            heartbeat_in(&mut s, sock, &buf[..n], from, Instant::now())?;
         }
-        if now.duration_since(last_tick) >= tick {
+        if Instant::now().duration_since(last_tick) >= tick {
+            // Every heartbeat already queued is heard before the tick judges who is
+            // silent: when this thread was starved (a loaded machine), the members' latest
+            // heartbeats wait in the socket, and a tick first would take them for dead.
+            sock.set_nonblocking(true)?;
+            let drained = drain(sock, &mut buf, &mut s);
+            sock.set_nonblocking(false)?;
+            drained?;
+            let now = Instant::now();
             last_tick = now;
             s.handle(now, Input::Tick, None)?;
         }
     }
+}
+
+/// One datagram, or none when the read timed out (or, non-blocking, nothing is queued).
+fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
+    match sock.recv_from(buf) {
+        Ok(r) => Ok(Some(r)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn drain(sock: &UdpSocket, buf: &mut [u8], s: &mut Shared) -> anyhow::Result<()> {
+    while let Some((n, from)) = recv(sock, buf)? {
+        heartbeat_in(s, sock, &buf[..n], from, Instant::now())?;
+    }
+    Ok(())
+}
+
+fn heartbeat_in(
+    s: &mut Shared,
+    sock: &UdpSocket,
+    datagram: &[u8],
+    from: SocketAddr,
+    now: Instant,
+) -> anyhow::Result<()> {
+    match ccp::decode::<Heartbeat>(datagram) {
+        Some(hb) if s.cluster.state().members.contains_key(&hb.member) => {
+            let xdp = s.programs.member_stats(hb.member).unwrap_or_default();
+            let input = Input::Heartbeat {
+                hb: Box::new(hb),
+                to_member: xdp.to_member_packets,
+                from_member: xdp.from_member_packets,
+            };
+            s.handle(now, input, Some((sock, from)))?;
+        }
+        Some(hb) => {
+            tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored")
+        }
+        None => tracing::warn!(%from, bytes = datagram.len(), "malformed CCP datagram ignored"),
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {

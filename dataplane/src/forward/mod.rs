@@ -1,117 +1,34 @@
-//! A member's forwarding of one frame, without I/O: choose the egress side from the
-//! destination address, decrement TTL/hop limit, and write the side's virtual MAC and the
-//! next hop's MAC. Next hops are resolved by ARP/ND sent as the group's gateway address;
-//! frames waiting for a resolution are held (bounded) and released when the answer comes.
+//! A member's forwarding of one frame, without I/O: let it through the connection table
+//! and the policy, choose the egress side from the destination address, decrement the
+//! TTL/hop limit, and write the side's virtual MAC and the next hop's MAC. The parts live
+//! beside: routing (`route`), the neighbour cache (`neighbour`), ICMP errors (`icmp`), and
+//! the worker's side of HyperSync (`crate::sync::worker`).
 
-use std::{
-    collections::VecDeque,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
-};
+mod icmp;
+mod neighbour;
+mod route;
+mod token_bucket;
 
-use ahash::AHashMap;
-use ipnet::IpNet;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
+use baton_common::net::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6};
+
+use self::{icmp::IcmpErrors, neighbour::Neighbours};
+pub use self::{neighbour::NeighbourLimits, route::Side};
 use crate::{
-    conntrack::{ConnTable, Connection, FlowKey, Packet, RecordOp, Track, RECORD_BYTES},
-    frame::{self, Inspect, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6},
+    conntrack::{ConnTable, Connection, Packet, Track},
+    frame,
+    inspect::{inspect_v4, inspect_v6, Inspect},
     policy::{Action, Policy},
-    sync::tap::SyncTap,
+    port::FrameHandler,
+    sync::{tap::SyncTap, worker::WorkerSync},
+    verdict::{DropReason, Verdict},
+    wire::{IpPacket, Ipv4Packet, Ipv6Packet, WireError},
 };
-
-/// One side of the group as a member sees it.
-#[derive(Clone, Debug)]
-pub struct Side {
-    /// The group's virtual MAC on this side: the source of every frame sent there.
-    pub vmac: [u8; 6],
-    /// Gateway addresses: the source of ARP/ND solicitations.
-    pub gw_v4: Option<Ipv4Addr>,
-    pub gw_v6: Option<Ipv6Addr>,
-    /// Networks behind this side (on-link: the destination is its own next hop).
-    pub prefixes: Vec<IpNet>,
-}
-
-/// Why a frame was dropped; index of the drop counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DropReason {
-    Truncated = 0,
-    Malformed,
-    NotIp,
-    NoRoute,
-    TtlExceeded,
-    NeighbourQueueFull,
-    NeighbourUnreachable,
-    /// The policy refused the connection's first packet.
-    Policy,
-    /// Belongs to no connection and cannot open one (e.g. a TCP ACK out of the blue).
-    NoConnection,
-    /// The connection table is full.
-    TableFull,
-}
-
-impl DropReason {
-    pub const COUNT: usize = 10;
-    pub const NAMES: [&'static str; Self::COUNT] = [
-        "truncated",
-        "malformed",
-        "not_ip",
-        "no_route",
-        "ttl_exceeded",
-        "neighbour_queue_full",
-        "neighbour_unreachable",
-        "policy",
-        "no_connection",
-        "table_full",
-    ];
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Rewritten in place: send it.
-    Forward,
-    /// A control frame (ARP/ND) used or ignored: recycle the buffer.
-    Consumed,
-    /// Copied into the neighbour queue: recycle the buffer.
-    Held,
-    Drop(DropReason),
-}
-
-/// Limits of the neighbour table.
-#[derive(Clone, Copy, Debug)]
-pub struct NeighbourLimits {
-    pub entries: usize,
-    /// Frames held per unresolved neighbour.
-    pub pending_per_entry: usize,
-    /// Interval between solicitations, and how many before giving up.
-    pub retry: Duration,
-    pub tries: u8,
-}
-
-impl Default for NeighbourLimits {
-    fn default() -> Self {
-        Self {
-            entries: 65536,
-            pending_per_entry: 16,
-            retry: Duration::from_millis(500),
-            tries: 6,
-        }
-    }
-}
-
-struct Neighbour {
-    mac: Option<[u8; 6]>,
-    side: usize,
-    asked: Instant,
-    tries: u8,
-    pending: Vec<Vec<u8>>,
-}
 
 pub struct Forwarder {
     sides: [Side; 2],
-    neighbours: AHashMap<IpAddr, Neighbour>,
-    limits: NeighbourLimits,
+    neighbours: Neighbours,
     conns: ConnTable,
     policy: Arc<Policy>,
     epoch: Instant,
@@ -119,98 +36,8 @@ pub struct Forwarder {
     pub dropped_held: [u64; DropReason::COUNT],
     /// Non-first fragments forwarded without tracking (they carry no L4 header).
     pub untracked_fragments: u64,
-    icmp_budget: TokenBucket,
-    sync: Option<SyncLink>,
-}
-
-/// A worker's part in HyperSync.
-struct SyncLink {
-    tap: Arc<SyncTap>,
-    slot: usize,
-    /// First replies waiting for the backup's acknowledgement: (ticket, deadline, frame),
-    /// in ticket order.
-    held: VecDeque<(u64, Instant, Vec<u8>)>,
-    /// Records the sync thread's channel had no room for, in order: sent before anything
-    /// newer, so each gets the ticket it was promised (the last sent + its position).
-    unsent: VecDeque<[u8; RECORD_BYTES]>,
-    resync_generation: u64,
-}
-
-/// Most records a worker keeps while the channel is full; beyond, they count as lost
-/// (`channel_full`) and the connections' refresh sends them again.
-const UNSENT_MAX: usize = 4096;
-
-impl SyncLink {
-    /// Sends what waits, oldest first, while the channel takes it.
-    fn flush(&mut self) {
-        while let Some(r) = self.unsent.front() {
-            if self.tap.try_emit(self.slot, *r).is_none() {
-                break;
-            }
-            self.unsent.pop_front();
-        }
-    }
-
-    /// Sends `record`, or keeps it for later; returns its ticket (to come, if kept), or
-    /// None if it was lost.
-    fn send(&mut self, record: [u8; RECORD_BYTES]) -> Option<u64> {
-        if self.unsent.is_empty() {
-            if let Some(t) = self.tap.try_emit(self.slot, record) {
-                return Some(t);
-            }
-        }
-        if self.unsent.len() >= UNSENT_MAX {
-            self.tap.stats.channel_full.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        self.unsent.push_back(record);
-        Some(self.tap.issued(self.slot) + self.unsent.len() as u64)
-    }
-}
-
-impl Drop for SyncLink {
-    fn drop(&mut self) {
-        self.tap
-            .stats
-            .channel_full
-            .fetch_add(self.unsent.len() as u64, Ordering::Relaxed);
-        self.tap.detach_slot(self.slot);
-    }
-}
-
-/// Limits the ICMP errors a member originates (like the kernel's icmp_ratelimit), so a
-/// flood of expiring packets cannot turn into a flood of errors.
-struct TokenBucket {
-    tokens: f64,
-    per_sec: f64,
-    burst: f64,
-    last: Option<Instant>,
-}
-
-impl TokenBucket {
-    fn new(per_sec: f64, burst: f64) -> Self {
-        Self {
-            tokens: burst,
-            per_sec,
-            burst,
-            last: None,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            self.tokens = (self.tokens
-                + now.saturating_duration_since(last).as_secs_f64() * self.per_sec)
-                .min(self.burst);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    icmp: IcmpErrors,
+    sync: Option<WorkerSync>,
 }
 
 impl Forwarder {
@@ -222,14 +49,13 @@ impl Forwarder {
     ) -> Self {
         Self {
             sides,
-            neighbours: AHashMap::new(),
-            limits,
+            neighbours: Neighbours::new(limits),
             conns,
             policy,
             epoch: Instant::now(),
             dropped_held: [0; DropReason::COUNT],
             untracked_fragments: 0,
-            icmp_budget: TokenBucket::new(1000.0, 100.0),
+            icmp: IcmpErrors::new(),
             sync: None,
         }
     }
@@ -240,20 +66,12 @@ impl Forwarder {
     /// this member holds as a backup.
     pub fn set_sync(&mut self, tap: Arc<SyncTap>, slot: usize) {
         self.conns.enable_journal();
-        let resync_generation = tap.resync().map_or(0, |r| r.generation);
-        tap.attach_slot(slot, resync_generation);
-        self.sync = Some(SyncLink {
-            tap,
-            slot,
-            held: VecDeque::new(),
-            unsent: VecDeque::new(),
-            resync_generation,
-        });
+        self.sync = Some(WorkerSync::new(tap, slot));
     }
 
     /// Frames waiting for the backup.
     pub fn holding(&self) -> usize {
-        self.sync.as_ref().map_or(0, |s| s.held.len())
+        self.sync.as_ref().map_or(0, WorkerSync::holding)
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -263,92 +81,21 @@ impl Forwarder {
     /// Sends the table's changes to the sync thread; returns the ticket a first reply
     /// must wait for.
     fn publish_changes(&mut self, now: Instant) -> Option<u64> {
-        let link = self.sync.as_mut()?;
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let mut hold = None;
-        link.flush();
-        if let Some(j) = self.conns.journal() {
-            for c in j.drain(..) {
-                let ticket = link.send(c.conn.encode(c.op, ms));
-                if c.first_reply {
-                    hold = ticket;
-                }
-            }
-        }
-        hold
+        let ms = self.ms(now);
+        self.sync.as_mut()?.publish(&mut self.conns, ms)
     }
 
     /// Releases first replies the backup has acknowledged, or that waited long enough.
     fn release(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        let Some(link) = self.sync.as_mut() else {
-            return;
-        };
-        if link.held.is_empty() {
-            return;
+        if let Some(s) = self.sync.as_mut() {
+            s.release(now, out);
         }
-        let acked = link.tap.watermark(link.slot);
-        while let Some((ticket, deadline, _)) = link.held.front() {
-            if *ticket <= acked {
-                link.tap.stats.held.fetch_add(1, Ordering::Relaxed);
-            } else if now >= *deadline {
-                link.tap.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
-            } else {
-                break;
-            }
-            if let Some((_, _, f)) = link.held.pop_front() {
-                out.push(f);
-            }
-        }
-    }
-
-    /// Re-sends the connections a bulk resync asks for.
-    fn resync(&mut self, now: Instant) {
-        let Some(link) = self.sync.as_mut() else {
-            return;
-        };
-        let Some(r) = link.tap.resync() else { return };
-        // Records kept for a full channel go first: their tickets are promised. Until
-        // they have gone, the resync waits for a later tick.
-        if r.generation == link.resync_generation || !link.unsent.is_empty() {
-            return;
-        }
-        link.resync_generation = r.generation;
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let mut sent = 0usize;
-        for c in self.conns.snapshot() {
-            if r.wants(&link.tap.bucketer, &c.key) {
-                link.tap.emit(link.slot, c.encode(RecordOp::Upsert, ms));
-                sent += 1;
-            }
-        }
-        link.tap.mark_applied(link.slot, r.generation);
-        tracing::debug!(slot = link.slot, sent, "bulk resync");
-    }
-
-    /// A frame that completes a connection's state leaves once its backup holds the
-    /// connection (the flush-and-ack rule), or after the hold limit.
-    fn hold_first_reply(
-        &mut self,
-        v: Verdict,
-        f: &[u8],
-        hold: Option<u64>,
-        now: Instant,
-    ) -> Verdict {
-        let (Verdict::Forward, Some(ticket), Some(link)) = (v, hold, self.sync.as_mut()) else {
-            return v;
-        };
-        if link.tap.watermark(link.slot) >= ticket {
-            return v;
-        }
-        link.held
-            .push_back((ticket, now + link.tap.hold_max, f.to_vec()));
-        Verdict::Held
     }
 
     /// Adds a neighbour by hand (a static entry, or a benchmark's preset).
     pub fn add_neighbour(&mut self, ip: IpAddr, mac: [u8; 6]) {
         let mut out = Vec::new();
-        self.learn(ip, mac, &mut out);
+        self.neighbours.learn(&self.sides, ip, mac, &mut out);
     }
 
     /// Takes all connections out (Dynamic Balancing moves them to other workers).
@@ -363,10 +110,7 @@ impl Forwarder {
 
     /// Resolved neighbours, to seed a new worker.
     pub fn resolved_neighbours(&self) -> Vec<(IpAddr, [u8; 6])> {
-        self.neighbours
-            .iter()
-            .filter_map(|(ip, n)| n.mac.map(|m| (*ip, m)))
-            .collect()
+        self.neighbours.resolved()
     }
 
     pub fn connections(&self) -> &ConnTable {
@@ -424,24 +168,11 @@ impl Forwarder {
 
     /// Adopts the backup copy of the connection `p` belongs to, if this member holds one.
     fn take_over(&mut self, p: &Packet, now: Instant) -> bool {
-        let Some(link) = self.sync.as_ref() else {
+        let ms = self.ms(now);
+        let Some(s) = self.sync.as_ref() else {
             return false;
         };
-        let (key, _) = FlowKey::of(p);
-        let ms = self.ms(now);
-        let copy = link
-            .tap
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(&key, now, ms);
-        match copy {
-            Some(c) if self.conns.take_over(c) => {
-                link.tap.stats.took_over();
-                true
-            }
-            _ => false,
-        }
+        s.take_over(&mut self.conns, p, now, ms)
     }
 
     /// Tracks a packet, asking the policy about a new connection.
@@ -461,20 +192,12 @@ impl Forwarder {
 
     /// The side whose prefixes contain `ip` (longest prefix wins).
     pub fn side_of(&self, ip: IpAddr) -> Option<usize> {
-        let mut best: Option<(usize, u8)> = None;
-        for (i, side) in self.sides.iter().enumerate() {
-            for p in &side.prefixes {
-                if p.contains(&ip) && best.is_none_or(|(_, len)| p.prefix_len() > len) {
-                    best = Some((i, p.prefix_len()));
-                }
-            }
-        }
-        best.map(|(i, _)| i)
+        route::side_of(&self.sides, ip)
     }
 
     /// The MAC a neighbour resolved to, if it has.
     pub fn neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
-        self.neighbours.get(&ip).and_then(|n| n.mac)
+        self.neighbours.mac(ip)
     }
 
     /// Handles one received frame. Frames to send besides it (solicitations, released
@@ -485,8 +208,7 @@ impl Forwarder {
             return Verdict::Drop(DropReason::Truncated);
         };
         match ethertype {
-            ETH_P_IPV4 => self.ipv4(f, l3, now, out),
-            ETH_P_IPV6 => self.ipv6(f, l3, now, out),
+            ETH_P_IPV4 | ETH_P_IPV6 => self.ip(f, l3, ethertype == ETH_P_IPV6, now, out),
             ETH_P_ARP => {
                 self.arp(f, l3, out);
                 Verdict::Consumed
@@ -495,93 +217,62 @@ impl Forwarder {
         }
     }
 
-    fn ipv4(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
-        let ip = &mut f[l3..];
-        if ip.len() < 20 {
-            return Verdict::Drop(DropReason::Truncated);
+    /// An IPv4 or IPv6 packet at `l3`: one path for both versions.
+    fn ip(
+        &mut self,
+        f: &mut [u8],
+        l3: usize,
+        v6: bool,
+        now: Instant,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Verdict {
+        let parsed: Result<IpPacket<&[u8]>, WireError> = if v6 {
+            Ipv6Packet::new_checked(&f[l3..]).map(IpPacket::V6)
+        } else {
+            Ipv4Packet::new_checked(&f[l3..]).map(IpPacket::V4)
+        };
+        let ip = match parsed {
+            Ok(ip) => ip,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        if let IpPacket::V6(p) = &ip {
+            // Neighbour discovery addressed to the group reaches members broadcast by the
+            // orchestrator: learn from advertisements, ignore the rest.
+            if frame::is_neighbour_discovery(p) {
+                if let Some((target, mac)) = frame::parse_na(p.as_bytes()) {
+                    self.neighbours
+                        .learn(&self.sides, IpAddr::V6(target), mac, out);
+                }
+                return Verdict::Consumed;
+            }
         }
-        let ihl = ((ip[0] & 0x0f) as usize) * 4;
-        if ip[0] >> 4 != 4 || ihl < 20 {
-            return Verdict::Drop(DropReason::Malformed);
-        }
-        if ip.len() < ihl {
-            return Verdict::Drop(DropReason::Truncated);
-        }
-        let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+        let dst = ip.dst_addr();
         let Some(side) = self.side_of(dst) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        if ip[8] <= 1 {
-            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            if let (Some(back), true) = (self.side_of(IpAddr::V4(src)), self.icmp_budget.take(now))
-            {
-                if let Some(gw) = self.sides[back].gw_v4 {
-                    let prev_hop: [u8; 6] = f[6..12].try_into().unwrap();
-                    out.push(frame::icmp_time_exceeded(
-                        self.sides[back].vmac,
-                        prev_hop,
-                        gw,
-                        &f[l3..],
-                    ));
-                }
-            }
+        if ip.hop_limit() <= 1 {
+            self.icmp.time_exceeded(&self.sides, f, &ip, now, out);
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        let seen = frame::inspect_v4(ip);
+        let seen = match &ip {
+            IpPacket::V4(p) => inspect_v4(p),
+            IpPacket::V6(p) => inspect_v6(p),
+        };
         let hold = match self.admit(seen, now) {
             Ok(hold) => hold,
             Err(r) => return Verdict::Drop(r),
         };
-        let ip = &mut f[l3..];
-        frame::decrement_ttl_v4(ip);
-        let v = self.send_to_neighbour(f, side, dst, now, out);
-        self.hold_first_reply(v, f, hold, now)
-    }
-
-    fn ipv6(&mut self, f: &mut [u8], l3: usize, now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
-        let ip = &mut f[l3..];
-        if ip.len() < 40 {
-            return Verdict::Drop(DropReason::Truncated);
-        }
-        if ip[0] >> 4 != 6 {
-            return Verdict::Drop(DropReason::Malformed);
-        }
-        // Neighbour discovery addressed to the group reaches members broadcast by the
-        // orchestrator: learn from advertisements, ignore the rest.
-        if ip[6] == frame::IPPROTO_ICMPV6 && ip.len() >= 41 && (133..=137).contains(&ip[40]) {
-            if let Some((target, mac)) = frame::parse_na(ip) {
-                self.learn(IpAddr::V6(target), mac, out);
-            }
-            return Verdict::Consumed;
-        }
-        let dst = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()));
-        let Some(side) = self.side_of(dst) else {
-            return Verdict::Drop(DropReason::NoRoute);
+        let mut ip = if v6 {
+            IpPacket::V6(Ipv6Packet::new_unchecked(&mut f[l3..]))
+        } else {
+            IpPacket::V4(Ipv4Packet::new_unchecked(&mut f[l3..]))
         };
-        if ip[7] <= 1 {
-            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
-            if let (Some(back), true) = (self.side_of(IpAddr::V6(src)), self.icmp_budget.take(now))
-            {
-                if let Some(gw) = self.sides[back].gw_v6 {
-                    let prev_hop: [u8; 6] = f[6..12].try_into().unwrap();
-                    out.push(frame::icmpv6_time_exceeded(
-                        self.sides[back].vmac,
-                        prev_hop,
-                        gw,
-                        &f[l3..],
-                    ));
-                }
-            }
-            return Verdict::Drop(DropReason::TtlExceeded);
+        ip.decrement_hop_limit();
+        let v = self.neighbours.send(&self.sides, f, side, dst, now, out);
+        match self.sync.as_mut() {
+            Some(s) => s.hold_first_reply(v, f, hold, now),
+            None => v,
         }
-        let seen = frame::inspect_v6(ip);
-        let hold = match self.admit(seen, now) {
-            Ok(hold) => hold,
-            Err(r) => return Verdict::Drop(r),
-        };
-        f[l3 + 7] -= 1;
-        let v = self.send_to_neighbour(f, side, dst, now, out);
-        self.hold_first_reply(v, f, hold, now)
     }
 
     fn arp(&mut self, f: &[u8], l3: usize, out: &mut Vec<Vec<u8>>) {
@@ -589,134 +280,67 @@ impl Forwarder {
             return;
         };
         let ours = self.sides.iter().any(|s| s.gw_v4 == Some(arp.tpa));
-        let asked = self.neighbours.contains_key(&IpAddr::V4(arp.spa));
+        let asked = self.neighbours.knows(IpAddr::V4(arp.spa));
         if ours || asked {
-            self.learn(IpAddr::V4(arp.spa), arp.sha, out);
-        }
-    }
-
-    /// Records that `ip` is at `mac` (only for addresses on one of our sides) and releases
-    /// the frames that waited for it.
-    fn learn(&mut self, ip: IpAddr, mac: [u8; 6], out: &mut Vec<Vec<u8>>) {
-        let Some(side) = self.side_of(ip) else { return };
-        if mac[0] & 1 != 0 {
-            return;
-        }
-        let vmac = self.sides[side].vmac;
-        let room = self.neighbours.len() < self.limits.entries;
-        match self.neighbours.get_mut(&ip) {
-            Some(n) => {
-                n.mac = Some(mac);
-                n.side = side;
-                for mut p in n.pending.drain(..) {
-                    frame::set_macs(&mut p, mac, vmac);
-                    out.push(p);
-                }
-            }
-            None if room => {
-                self.neighbours.insert(
-                    ip,
-                    Neighbour {
-                        mac: Some(mac),
-                        side,
-                        asked: Instant::now(),
-                        tries: 0,
-                        pending: Vec::new(),
-                    },
-                );
-            }
-            None => {}
-        }
-    }
-
-    fn send_to_neighbour(
-        &mut self,
-        f: &mut [u8],
-        side: usize,
-        next_hop: IpAddr,
-        now: Instant,
-        out: &mut Vec<Vec<u8>>,
-    ) -> Verdict {
-        let vmac = self.sides[side].vmac;
-        let pending_max = self.limits.pending_per_entry;
-        if let Some(n) = self.neighbours.get_mut(&next_hop) {
-            if let Some(mac) = n.mac {
-                frame::set_macs(f, mac, vmac);
-                return Verdict::Forward;
-            }
-            if n.pending.len() >= pending_max {
-                return Verdict::Drop(DropReason::NeighbourQueueFull);
-            }
-            n.pending.push(f.to_vec());
-            return Verdict::Held;
-        }
-        if self.neighbours.len() >= self.limits.entries {
-            return Verdict::Drop(DropReason::NeighbourQueueFull);
-        }
-        if let Some(s) = self.solicitation(side, next_hop) {
-            out.push(s);
-        }
-        self.neighbours.insert(
-            next_hop,
-            Neighbour {
-                mac: None,
-                side,
-                asked: now,
-                tries: 1,
-                pending: vec![f.to_vec()],
-            },
-        );
-        Verdict::Held
-    }
-
-    fn solicitation(&self, side: usize, ip: IpAddr) -> Option<Vec<u8>> {
-        let s = &self.sides[side];
-        match ip {
-            IpAddr::V4(t) => s.gw_v4.map(|gw| frame::arp_request(s.vmac, gw, t)),
-            IpAddr::V6(t) => s
-                .gw_v6
-                .map(|gw| frame::neighbour_solicitation(s.vmac, gw, t)),
+            self.neighbours
+                .learn(&self.sides, IpAddr::V4(arp.spa), arp.sha, out);
         }
     }
 
     /// Asks again for neighbours still unresolved, and gives up (dropping what they held)
-    /// after the configured tries. Call it a few times a second.
+    /// after the configured tries; sends what the sync channel kept, releases held first
+    /// replies and carries out bulk resyncs. Call it a few times a second.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        if let Some(link) = self.sync.as_mut() {
-            link.flush();
+        if let Some(s) = self.sync.as_mut() {
+            s.flush();
         }
         self.release(now, out);
-        self.resync(now);
-        let mut again = Vec::new();
-        let mut dropped = 0u64;
-        let limits = self.limits;
-        self.neighbours.retain(|ip, n| {
-            if n.mac.is_some() || now.duration_since(n.asked) < limits.retry {
-                return true;
-            }
-            if n.tries >= limits.tries {
-                dropped += n.pending.len() as u64;
-                return false;
-            }
-            n.tries += 1;
-            n.asked = now;
-            again.push((n.side, *ip));
-            true
-        });
-        self.dropped_held[DropReason::NeighbourUnreachable as usize] += dropped;
-        for (side, ip) in again {
-            if let Some(s) = self.solicitation(side, ip) {
-                out.push(s);
-            }
+        let ms = self.ms(now);
+        if let Some(s) = self.sync.as_mut() {
+            s.resync(&self.conns, ms);
         }
+        let dropped = self.neighbours.retry(&self.sides, now, out);
+        self.dropped_held[DropReason::NeighbourUnreachable as usize] += dropped;
+    }
+}
+
+impl FrameHandler for Forwarder {
+    fn process(&mut self, frame: &mut [u8], now: Instant, out: &mut Vec<Vec<u8>>) -> Verdict {
+        Forwarder::process(self, frame, now, out)
+    }
+    fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
+        Forwarder::tick(self, now, out)
+    }
+    fn dropped_held(&self) -> [u64; DropReason::COUNT] {
+        self.dropped_held
+    }
+    fn connections(&self) -> usize {
+        self.connections().len()
+    }
+    fn holding(&self) -> bool {
+        Forwarder::holding(self) > 0
+    }
+    fn policy_version(&self) -> u64 {
+        self.policy().version
+    }
+    fn set_policy(&mut self, policy: Arc<Policy>) -> usize {
+        Forwarder::set_policy(self, policy)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        sync::atomic::Ordering,
+        time::Duration,
+    };
+
+    use baton_common::net::ETH_P_SYNC;
     use etherparse::PacketBuilder;
 
     use super::*;
+    use crate::conntrack::FlowKey;
 
     const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
     const INT_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
@@ -921,7 +545,7 @@ mod tests {
             Verdict::Drop(DropReason::Truncated)
         );
         let mut f = vec![0u8; 60];
-        f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        f[12..14].copy_from_slice(&ETH_P_SYNC.to_be_bytes());
         assert_eq!(
             fw.process(&mut f, now, &mut out),
             Verdict::Drop(DropReason::NotIp)
@@ -938,7 +562,7 @@ mod tests {
             ..Default::default()
         };
         let mut fw = forwarder();
-        fw.limits = limits;
+        fw.neighbours.limits = limits;
         let t0 = Instant::now();
         let mut out = Vec::new();
         for _ in 0..2 {
