@@ -8,8 +8,8 @@
 mod bench;
 mod fault;
 // The production programs' bounds-checked packet access, the one copy of it; the rest of
-// that file (header layouts, parsers) is not needed here.
-#[allow(dead_code)]
+// that file (header layouts, parsers, the constants it re-exports) is not needed here.
+#[allow(dead_code, unused_imports)]
 #[path = "../../programs/src/parse.rs"]
 mod parse;
 #[path = "../../programs/src/runtime.rs"]
