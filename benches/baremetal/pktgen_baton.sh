@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pktgen_baton.sh: the traffic of Baton's live-frames generator (benches/src/distributor.rs,
-# `throughput`; ebpf/programs/src/bench.rs, `generate`) sent by Linux pktgen from a real NIC.
+# `throughput`; ebpf/test-programs/src/bench.rs, `generate`) sent by Linux pktgen from a real NIC.
 #
 # The frame: IPv4 UDP 198.18.0.0/16 -> 198.19.0.1, UDP 1024 -> 53, SIZE bytes without FCS
 # (60 by default, the generator's). Flow f (0 <= f < FLOWS) has source address

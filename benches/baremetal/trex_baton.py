@@ -3,7 +3,7 @@
 Two mixes:
 
 - ``udp``: the frame of Baton's live-frames generator (benches/src/distributor.rs,
-  ``throughput``; ebpf/programs/src/bench.rs, ``generate``): IPv4 UDP 198.18.0.1 ->
+  ``throughput``; ebpf/test-programs/src/bench.rs, ``generate``): IPv4 UDP 198.18.0.1 ->
   198.19.0.1, TTL 64, UDP 1024 -> 53, zero payload, 60 bytes without FCS. Flow f
   (0 <= f < flows) gets the source address 198.18.0.0 + (f mod 65536) and, above 65,536
   flows, the source port 1024 + f / 65536, as ``generate`` stamps them.

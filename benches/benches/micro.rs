@@ -260,7 +260,7 @@ fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn forwarder(c: &mut Criterion) {
-    let mut fwd = baton_benches::sgm::forwarder(CONNECTIONS);
+    let mut fwd = baton_lab::member_port::forwarder(CONNECTIONS);
     let request = udp_frame([198, 18, 0, 1], [198, 19, 0, 1], 1024, 53);
     let reply = udp_frame([198, 19, 0, 1], [198, 18, 0, 1], 53, 1024);
     let now = Instant::now();

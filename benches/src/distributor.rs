@@ -10,24 +10,23 @@
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
-    process::{Command, Stdio},
     time::Duration,
 };
 
-use anyhow::{bail, Context};
-use baton_common::{bench, key, programs, side, DownlinkConf, GroupConf, UplinkConf};
-use baton_control::{planner, traffic::enter_netns};
+use anyhow::bail;
+use baton_common::{key, programs, side, testbed::bench, DownlinkConf, GroupConf, UplinkConf};
+use baton_control::planner;
 use baton_dataplane::loader::{ifindex, Orchestrator};
+use baton_lab::{
+    generator::{udp_frame, Generator, HOST, SOURCE_ADDRESS},
+    scratch::{Topology, MEMBERS},
+    testbed::{test_run_repeat, Testbed},
+};
 use etherparse::{PacketBuilder, VlanId};
 
-use crate::{
-    generator::{udp_frame, Generator, HOST, SOURCE_ADDRESS},
-    report::{figure, Figure},
-};
+use crate::report::{figure, Figure};
 
-pub const NS: &str = "bt-bench";
 const VMAC: [[u8; 6]; 2] = [[0x02, 0xba, 0x70, 0, 1, 0], [0x02, 0xba, 0x70, 0, 1, 1]];
-const MEMBERS: u32 = 3;
 const B: u32 = 4096;
 
 /// How much work each benchmark does.
@@ -62,83 +61,6 @@ impl Size {
             rounds: 2,
             frames_per_round: 200_000,
         }
-    }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let s = Command::new("ip")
-        .args(args)
-        .stderr(Stdio::null())
-        .status()?;
-    if !s.success() {
-        bail!("ip {args:?} failed");
-    }
-    Ok(())
-}
-
-/// A namespace with the generator's veth (gen0 → up0) and three member veths (dlK → mK).
-/// The calling thread moves into it. Removed on drop.
-pub struct Topology;
-
-impl Topology {
-    pub fn new() -> anyhow::Result<Self> {
-        Self::with_members(MEMBERS)
-    }
-
-    /// The generator's veth (gen0 → up0) and `n` member veths (dlK → mK).
-    pub fn with_members(n: u32) -> anyhow::Result<Self> {
-        let mut pairs = vec![("gen0".to_string(), "up0".to_string())];
-        pairs.extend((1..=n).map(|k| (format!("dl{k}"), format!("m{k}"))));
-        Self::build(&pairs)
-    }
-
-    /// The generator's veth facing a member's data port (gen0 → m0).
-    pub fn with_member_port() -> anyhow::Result<Self> {
-        Self::build(&[("gen0".into(), "m0".into())])
-    }
-
-    /// The namespace with these veth pairs.
-    pub fn with_pairs(pairs: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        Self::build(&pairs)
-    }
-
-    fn build(pairs: &[(String, String)]) -> anyhow::Result<Self> {
-        remove_netns(NS);
-        ip(&["netns", "add", NS])?;
-        let t = Topology;
-        ip(&["-n", NS, "link", "set", "lo", "up"])?;
-        for (a, b) in pairs {
-            ip(&[
-                "-n", NS, "link", "add", a, "type", "veth", "peer", "name", b,
-            ])?;
-            ip(&["-n", NS, "link", "set", a, "up"])?;
-            ip(&["-n", NS, "link", "set", b, "up"])?;
-        }
-        enter(NS)?;
-        Ok(t)
-    }
-}
-
-/// Deletes a namespace the benchmarks made, if it is there (errors are moot: it may not be).
-pub fn remove_netns(ns: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "del", ns])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Moves the calling thread into the benchmark namespace.
-pub fn enter(ns: &str) -> anyhow::Result<()> {
-    enter_netns(ns).context("entering the benchmark namespace")
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        remove_netns(NS);
     }
 }
 
@@ -238,15 +160,18 @@ pub fn cost(size: Size) -> anyhow::Result<Figure> {
     let _topo = Topology::new()?;
     let up = ifindex("up0")?;
     let mut o = orchestrator(false)?;
-    o.set_devmap(bench::BENCH_PORTS, 0, ifindex("dl1")?)?;
+    let mut bed = Testbed::load()?;
+    bed.set_devmap(bench::BENCH_PORTS, 0, ifindex("dl1")?)?;
     let mut ours = Vec::new();
     let mut base = Vec::new();
     let mix = frame_mix(size.flows);
     // A prime stride, coprime with the mix's period of 20, samples every kind of frame in
     // its proportion.
     for f in (0..size.cost_flows as usize).map(|k| &mix[(k * 10_007) % mix.len()]) {
-        let (a, _, d) = o.test_run_repeat(programs::DISTRIBUTE, f, up, size.repeat, None)?;
-        let (b, _, e) = o.test_run_repeat(bench::BARE_REDIRECT, f, up, size.repeat, None)?;
+        let (a, _, d) =
+            test_run_repeat(o.program(programs::DISTRIBUTE)?, f, up, size.repeat, None)?;
+        let (b, _, e) =
+            test_run_repeat(bed.program(bench::BARE_REDIRECT)?, f, up, size.repeat, None)?;
         if a != 4 || b != 4 {
             bail!("expected XDP_REDIRECT from both programs, got {a} and {b}");
         }
@@ -265,9 +190,9 @@ pub fn cost(size: Size) -> anyhow::Result<Figure> {
 /// Mpps delivered to the members' sinks through `distribute` and through the bare redirect.
 pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     let _topo = Topology::new()?;
-    let mut sinks = Orchestrator::load(true)?;
+    let mut sinks = Testbed::load()?;
     for k in 1..=MEMBERS {
-        sinks.attach_program(bench::SINK, &format!("m{k}"))?;
+        sinks.attach(bench::SINK, &format!("m{k}"))?;
     }
     // The generator's redirect into gen0 needs its peer (up0) to run XDP: either program.
     let mut gen = Generator::new("gen0", size.flows, SOURCE_ADDRESS, udp_frame(VMAC[0]))?;
@@ -275,13 +200,14 @@ pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     let mut base = Vec::new();
     for round in 0..size.rounds * 2 {
         let baseline = round % 2 == 1;
-        let dut = if baseline {
-            let mut o = Orchestrator::load(true)?;
-            o.set_devmap(bench::BENCH_PORTS, 0, ifindex("dl1")?)?;
-            o.attach_program(bench::BARE_REDIRECT, "up0")?;
-            o
+        // Either program on up0, detached when dropped at the end of the round.
+        let dut: Box<dyn std::any::Any> = if baseline {
+            let mut bed = Testbed::load()?;
+            bed.set_devmap(bench::BENCH_PORTS, 0, ifindex("dl1")?)?;
+            bed.attach(bench::BARE_REDIRECT, "up0")?;
+            Box::new(bed)
         } else {
-            orchestrator(true)?
+            Box::new(orchestrator(true)?)
         };
         // Let the attach settle, then count only this round's frames.
         std::thread::sleep(Duration::from_millis(50));

@@ -17,9 +17,7 @@ use baton_common::net::IPPROTO_TCP;
 use baton_control::{
     api::{Client, SyncStat},
     config::default_api_socket,
-    lab::{self, LabOptions, NS_EXT, NS_INT},
     membership::MemberState,
-    traffic::{tcp_sessions, tcp_streams, Pace, Progress, TcpFlow},
 };
 use baton_dataplane::{
     conntrack::{flags, ConnTable, Packet, Timeouts},
@@ -28,9 +26,14 @@ use baton_dataplane::{
         store::BackupStore,
     },
 };
+use baton_lab::{
+    topology::{self as lab, LabOptions, NS_EXT, NS_INT},
+    traffic::{tcp_sessions, tcp_streams, Pace, Progress, TcpFlow},
+    LabGuard,
+};
 
 use crate::{
-    membership::{release_baton, state, LabGuard},
+    membership::{release_baton, state},
     plot::{self, Line, Marker, Series},
     report::{figure, Figure},
 };
@@ -65,7 +68,7 @@ pub fn failover(
 ) -> anyhow::Result<(Figure, Figure)> {
     lab::down()?;
     let opts = options(true, heartbeat_ms)?;
-    let _guard = LabGuard;
+    let _guard = LabGuard::new();
     lab::up(&opts)?;
     let client = Client::new(default_api_socket());
     let config =
@@ -270,7 +273,7 @@ pub fn timeline(
 /// Throughput (Gbit/s) and new connections per second through a 3-member lab.
 fn lab_rates(sync: bool, streams: u64, mb: u64, conns: u64) -> anyhow::Result<(f64, f64)> {
     lab::down()?;
-    let _guard = LabGuard;
+    let _guard = LabGuard::new();
     lab::up(&options(sync, 100)?)?;
     let t = Instant::now();
     let r = tcp_streams(

@@ -12,27 +12,21 @@ use anyhow::{bail, Context};
 use baton_control::{
     api::{Client, Stat},
     config::default_api_socket,
-    lab::{self, LabOptions},
     membership::MemberState,
+};
+use baton_lab::{
+    topology::{self as lab, LabOptions},
+    LabGuard,
 };
 
 use crate::report::{figure, Figure};
-
-/// Takes the lab down when dropped.
-pub(crate) struct LabGuard;
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = lab::down();
-    }
-}
 
 /// The release `baton` the lab benchmarks run, or an error saying how to build it.
 pub(crate) fn release_baton() -> anyhow::Result<PathBuf> {
     let exe = baton_exe();
     if !exe.exists() {
         bail!(
-            "{} is missing: build it (cargo build --release -p baton-control)",
+            "{} is missing: build it (cargo build --release -p baton)",
             exe.display()
         );
     }
@@ -68,7 +62,7 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
         table_size: 65_536,
         ..LabOptions::new(exe)
     };
-    let _guard = LabGuard;
+    let _guard = LabGuard::new();
     lab::up(&opts)?;
     let client = Client::new(default_api_socket());
     let config =

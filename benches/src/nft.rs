@@ -8,15 +8,19 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use baton_common::bench;
-use baton_dataplane::loader::Orchestrator;
+use baton_common::testbed::bench;
+use baton_lab::{
+    generator::{udp_frame, Generator, SOURCE_PORT},
+    member_port::{forwarder, round_with, unpin},
+    scratch::{enter, remove_netns, Topology, NS},
+    testbed::Testbed,
+    LabGuard,
+};
 
 use crate::{
-    distributor::{enter, remove_netns, Size, Topology, NS},
-    generator::{udp_frame, Generator, SOURCE_PORT},
-    membership::{release_baton, LabGuard},
+    distributor::Size,
+    membership::release_baton,
     report::{figure, Figure},
-    sgm,
 };
 
 /// The router's namespace (a `bt-*` one: `baton lab down` removes it too).
@@ -103,16 +107,16 @@ impl Drop for Router {
 /// Mpps the router sends back for `frames` frames over `flows` flows.
 fn router_round(mac: [u8; 6], frames: u32, flows: u32) -> anyhow::Result<f64> {
     enter(NS)?;
-    let mut sink = Orchestrator::load(true)?;
-    sink.attach_program(bench::SINK, "gen1")?;
+    let mut sink = Testbed::load()?;
+    sink.attach(bench::SINK, "gen1")?;
     // The live-frames generator's bursts reach the router's stack through a CPU map (a
     // plain veth port takes one batch of them and drops the rest).
-    let stack = std::thread::spawn(move || -> anyhow::Result<Orchestrator> {
+    let stack = std::thread::spawn(move || -> anyhow::Result<Testbed> {
         enter(NS_NFT)?;
-        let mut o = Orchestrator::load(true)?;
-        o.set_stack_cpu(4096)?;
-        o.attach_program(bench::TO_STACK, "r0")?;
-        Ok(o)
+        let mut bed = Testbed::load()?;
+        bed.set_stack_cpu(4096)?;
+        bed.attach(bench::TO_STACK, "r0")?;
+        Ok(bed)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("attach thread"))??;
@@ -125,7 +129,7 @@ fn router_round(mac: [u8; 6], frames: u32, flows: u32) -> anyhow::Result<f64> {
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
     let (before, _) = sink.sink_stats()?;
     let elapsed = gen.send(frames)?;
-    crate::unpin();
+    unpin();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let (after, _) = sink.sink_stats()?;
     drop(stack);
@@ -140,16 +144,7 @@ pub fn versus(size: Size) -> anyhow::Result<Figure> {
     let frames = size.frames_per_round / 2;
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     for _ in 0..size.rounds {
-        ours.push(
-            sgm::round_with(
-                sgm::forwarder(1 << 20),
-                frames,
-                size.flows,
-                0,
-                sgm::SOURCE_PORT,
-            )?
-            .0,
-        );
+        ours.push(round_with(forwarder(1 << 20), frames, size.flows, 0, SOURCE_PORT)?.0);
         base.push(router_round(mac, frames, size.flows)?);
         eprintln!(
             "  baton member {:.2} Mpps | nftables router {:.2} Mpps",
@@ -217,7 +212,7 @@ impl NftRouter {
             )?;
             let other = if side == 18 { 19 } else { 18 };
             let mut batch = String::new();
-            for h in 1..=baton_control::lab::HOSTS_PER_SIDE {
+            for h in 1..=baton_lab::topology::HOSTS_PER_SIDE {
                 batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
                 batch.push_str(&format!(
                     "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"
@@ -288,9 +283,9 @@ fn conn_round(
     who: &str,
     client_ns: &str,
     server_ns: &str,
-    spec: &baton_control::traffic::ConnSpec,
+    spec: &baton_lab::traffic::ConnSpec,
 ) -> anyhow::Result<f64> {
-    let r = baton_control::traffic::connections(client_ns, server_ns, spec)
+    let r = baton_lab::traffic::connections(client_ns, server_ns, spec)
         .with_context(|| format!("connection generator through the {who}"))?;
     if !r.ok() {
         bail!("through the {who}, {}: {:?}", r.failures(), r.errors);
@@ -326,14 +321,14 @@ pub fn connections_versus(quick: bool) -> anyhow::Result<Vec<Figure>> {
 
 /// Rounds of connections through the lab (HyperSync on or off) and the router, alternating.
 fn connection_rounds(quick: bool, sync: bool) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    use baton_control::{
-        lab::{self, LabOptions, HOSTS_PER_SIDE, NS_EXT, NS_INT},
+    use baton_lab::{
+        topology::{self as lab, LabOptions, HOSTS_PER_SIDE, NS_EXT, NS_INT},
         traffic::ConnSpec,
     };
     let (rounds, count) = if quick { (1, 300) } else { (3, 2_000) };
     let exe = release_baton()?;
     lab::down()?;
-    let _lab = LabGuard;
+    let _lab = LabGuard::new();
     lab::up(&LabOptions {
         table_size: 65_536,
         sync,

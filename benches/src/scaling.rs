@@ -21,15 +21,19 @@ use std::{
 };
 
 use anyhow::Context;
-use baton_common::bench;
-use baton_dataplane::{dispatch::Dispatcher, loader::Orchestrator, port::PortStats};
+use baton_common::testbed::bench;
+use baton_dataplane::{dispatch::Dispatcher, port::PortStats};
+use baton_lab::{
+    generator::{udp_frame, Generator, SOURCE_ADDRESS},
+    member_port::{forwarder, serve, unpin},
+    scratch::{enter, Topology, NS},
+    testbed::Testbed,
+};
 
 use crate::{
-    distributor::{enter, orchestrator_with, Size, Topology, NS},
-    generator::{udp_frame, Generator, SOURCE_ADDRESS},
+    distributor::{orchestrator_with, Size},
     plot::{self, Line, Series},
     report::{figure, summary, Figure},
-    sgm,
 };
 
 /// CPU time of thread `tid` of this process, from its per-thread CPU clock.
@@ -77,9 +81,9 @@ pub struct Round {
 /// One round through `members` members of `workers` workers each (the topology of
 /// [`Topology::with_members`] must be up and this thread in it).
 pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::Result<Round> {
-    let mut sinks = Orchestrator::load(true)?;
+    let mut sinks = Testbed::load()?;
     for k in 1..=members {
-        sinks.attach_program(bench::SINK, &format!("dl{k}"))?;
+        sinks.attach(bench::SINK, &format!("dl{k}"))?;
     }
     let _dut = orchestrator_with(members, true)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,16 +104,16 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
                     enter(NS)?;
                     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
                     if workers == 1 {
-                        sgm::serve(&format!("m{k}"), sgm::forwarder(1 << 20), st, stop, rd)
+                        Ok(serve(&format!("m{k}"), forwarder(1 << 20), st, stop, rd)?)
                     } else {
                         let (d, _) = Dispatcher::new(
                             workers,
-                            Box::new(|_, _| sgm::forwarder(1 << 20)),
+                            Box::new(|_, _| forwarder(1 << 20)),
                             // Beside the port's thread: core 0 is the generator's, whose
                             // kernel loop would starve a worker there for milliseconds.
                             &[1, 1],
                         )?;
-                        sgm::serve(&format!("m{k}"), d, st, stop, rd)
+                        Ok(serve(&format!("m{k}"), d, st, stop, rd)?)
                     }
                 })?,
         );
@@ -139,7 +143,7 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
     std::thread::sleep(Duration::from_millis(50));
     let (after, _) = sinks.sink_stats()?;
     let cpu1 = member_cpu();
-    crate::unpin();
+    unpin();
     let rx1: u64 = all_stats
         .iter()
         .map(|s| s.rx_packets.load(Ordering::Relaxed))

@@ -8,134 +8,24 @@
 //! - connection table: inserts and lookups per second on one core, and memory per
 //!   connection at 1M connections (the table's own accounting and the process's RSS).
 
-use std::{
-    net::IpAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Instant};
 
 use anyhow::Context;
-use baton_common::{bench, net::IPPROTO_UDP};
-use baton_control::{config::Mode, lab};
+use baton_common::net::IPPROTO_UDP;
 use baton_dataplane::{
     conntrack::{ConnTable, Packet, Timeouts},
-    forward::{Forwarder, NeighbourLimits},
-    loader::{Member, Orchestrator},
-    policy::Policy,
-    port::{self, BatchProcessor, FrameHandler, MacSwap, PortConfig, PortStats},
+    port::MacSwap,
+};
+use baton_lab::{
+    member_port::{forwarder, round, rss_bytes},
+    scratch::Topology,
 };
 
 use crate::{
-    distributor::{Size, Topology},
-    generator::{udp_frame, Generator},
+    distributor::Size,
     plot::{self, Line, Series},
     report::{figure, summary, Figure},
 };
-
-const NEXT_HOP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
-
-/// A member's forwarder as in the lab, with the next hop of the generated frames known.
-pub fn forwarder(table_size: usize) -> Forwarder {
-    let sides = lab::config(1, true, Mode::General, false).groups[0].sides();
-    let mut f = Forwarder::new(
-        sides,
-        NeighbourLimits::default(),
-        ConnTable::new(table_size, Timeouts::default()),
-        Arc::new(Policy::accept_all(1)),
-    );
-    f.add_neighbour(IpAddr::from([198, 19, 0, 1]), NEXT_HOP);
-    f
-}
-
-/// A member's data port on `iface` (`steer` and AF_XDP, default settings) served by `fwd`
-/// until `stop`; `ready` is set once it receives.
-pub fn serve(
-    iface: &str,
-    fwd: impl BatchProcessor,
-    stats: Arc<PortStats>,
-    stop: Arc<AtomicBool>,
-    ready: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let mut member = Member::load()?;
-    member.attach_steer(iface, true)?;
-    let (_tx, rx) = crossbeam_channel::bounded(1);
-    let cfg = PortConfig {
-        iface: iface.into(),
-        ..Default::default()
-    };
-    port::run(&cfg, &mut member, fwd, stats, stop, rx, || {
-        ready.store(true, Ordering::Release)
-    })?;
-    Ok(())
-}
-
-/// Runs one member port with `handler` (in the benchmark namespace, see
-/// [`Topology::with_member_port`]) while the generator sends `frames` over `flows` flows;
-/// returns the Mpps that came back and the port's counters. With `until_seen` > 0 it
-/// sends `frames` again and again until the member has received that many.
-pub fn round(
-    handler: impl FrameHandler + Send + 'static,
-    frames: u32,
-    flows: u32,
-    until_seen: u64,
-) -> anyhow::Result<(f64, Arc<PortStats>)> {
-    round_with(handler, frames, flows, until_seen, SOURCE_ADDRESS)
-}
-
-pub use crate::generator::{SOURCE_ADDRESS, SOURCE_PORT};
-
-/// [`round`] with the flow number written at `(addr_off, port_off)`.
-pub fn round_with(
-    handler: impl FrameHandler + Send + 'static,
-    frames: u32,
-    flows: u32,
-    until_seen: u64,
-    offsets: (u32, u32),
-) -> anyhow::Result<(f64, Arc<PortStats>)> {
-    let mut sink = Orchestrator::load(true)?;
-    sink.attach_program(bench::SINK, "gen0")?;
-    let mut gen = Generator::new(
-        "gen0",
-        flows,
-        offsets,
-        udp_frame([0x02, 0xba, 0x70, 0, 1, 0]),
-    )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(PortStats::default());
-    let worker = {
-        let (stop, ready, stats) = (stop.clone(), ready.clone(), stats.clone());
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            crate::distributor::enter(crate::distributor::NS)?;
-            let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
-            serve("m0", handler, stats, stop, ready)
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ready.load(Ordering::Acquire) && Instant::now() < deadline && !worker.is_finished() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
-    let (before, _) = sink.sink_stats()?;
-    let mut elapsed = gen.send(frames)?;
-    // A flood keeps going until the member has seen `until_seen` frames (at most 30 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stats.rx_packets.load(Ordering::Relaxed) < until_seen && Instant::now() < deadline {
-        elapsed += gen.send(frames)?;
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    let (after, _) = sink.sink_stats()?;
-    crate::unpin();
-    stop.store(true, Ordering::Release);
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("member thread panicked"))??;
-    Ok(((after - before) as f64 / elapsed.as_secs_f64() / 1e6, stats))
-}
 
 pub fn throughput(size: Size) -> anyhow::Result<Figure> {
     let _topo = Topology::with_member_port()?;
@@ -218,16 +108,6 @@ pub fn throughput_vs_flows(size: Size, quick: bool) -> anyhow::Result<Figure> {
 }
 
 /// Resident memory of this process.
-pub fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 /// Lookups per second (median of rounds), bytes per connection by the table's accounting
 /// and by RSS growth, at `n` connections.
 pub struct ConntrackFigures {

@@ -11,10 +11,10 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanSlic
 use serde_json::Value;
 
 // The generator's frame, hard-coded here on purpose so that a change on either side shows:
-// benches/src/distributor.rs (`throughput`) builds it (Ethernet to group 1's external
-// virtual MAC, IPv4 198.18.0.1 -> 198.19.0.1 TTL 64, UDP 1024 -> 53, 18 zero bytes), and
-// `generate` (ebpf/programs/src/bench.rs, GenConf in ebpf/common/src/maps.rs) writes flow
-// `seq mod flows` into the source address's low 16 bits (addr_off 14 + 14), above 65,536
+// lab/src/generator.rs (`udp_frame`, sent by benches/src/distributor.rs `throughput`)
+// builds it (Ethernet to group 1's external virtual MAC, IPv4 198.18.0.1 -> 198.19.0.1 TTL
+// 64, UDP 1024 -> 53, 18 zero bytes), and `generate` (ebpf/test-programs/src/bench.rs,
+// GenConf in ebpf/common/src/testbed.rs) writes flow `seq mod flows` into the source address's low 16 bits (addr_off 14 + 14), above 65,536
 // flows into the source port (port_off 14 + 20) too; 10,000 flows in `Size`.
 const GEN_SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const GEN_DST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);

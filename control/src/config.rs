@@ -13,6 +13,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod edit;
+
 /// Limits from Maestro: members per site per group, appliances per orchestrator.
 pub const MEMBERS_PER_GROUP_MAX: usize = 14;
 /// Members of a dual-site group (14 per site).
@@ -341,13 +343,19 @@ impl Config {
     }
 
     /// Writes the configuration to `path` atomically (a temporary file, then a rename).
+    /// The file there is the operator's: a change of members edits it in place, keeping
+    /// its comments and layout; anything else (or no file yet) writes it afresh.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let text = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| edit::edited(&old, self))
+            .unwrap_or_else(|| self.to_toml());
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         {
             let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, self.to_toml().as_bytes())?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path)

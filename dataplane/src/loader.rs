@@ -1,6 +1,8 @@
 //! Loads the embedded eBPF object and attaches its programs: `distribute` and `egress` on
 //! an orchestrator, `steer` on a member. Owns the maps user space writes (bucket table,
-//! ports, group settings) and reads (counters).
+//! ports, group settings) and reads (counters). The object-agnostic steps (load, a
+//! program, a map, summed counters) are public for the lab's testbed, which loads the test
+//! programs' own object with them.
 
 use std::{
     ffi::CString,
@@ -14,9 +16,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use baton_common::{
-    bench, bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GenConf,
-    GroupConf, MacKey, MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX,
-    IFINDEX_MAX, MEMBER_ID_MAX, UPLINKS_MAX,
+    bucket_index, event, names, programs, steer_stat, Bucket, DownlinkConf, GroupConf, MacKey,
+    MemberStats, UplinkConf, UplinkStats, BUCKETS_PER_GROUP_MAX, GROUPS_MAX, IFINDEX_MAX,
+    MEMBER_ID_MAX, UPLINKS_MAX,
 };
 
 use crate::error::LoadError;
@@ -36,14 +38,19 @@ pub fn ifindex(name: &str) -> Result<u32, LoadError> {
 }
 
 fn load_object() -> Result<Ebpf, LoadError> {
+    load(EBPF_OBJECT)
+}
+
+/// Loads an eBPF object (its maps created; its programs load when first used). Needs root.
+pub fn load(object: &[u8]) -> Result<Ebpf, LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
-    EbpfLoader::new().load(EBPF_OBJECT).map_err(LoadError::from)
+    EbpfLoader::new().load(object).map_err(LoadError::from)
 }
 
 /// The program, loaded into the kernel (once).
-fn loaded<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut Xdp, LoadError> {
+pub fn loaded<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut Xdp, LoadError> {
     let p: &mut Xdp = ebpf
         .program_mut(prog)
         .ok_or(LoadError::MissingProgram(prog))?
@@ -55,7 +62,8 @@ fn loaded<'a>(ebpf: &'a mut Ebpf, prog: &'static str) -> Result<&'a mut Xdp, Loa
     Ok(p)
 }
 
-fn attach(
+/// Attaches `prog` to `iface` in `mode`.
+pub fn attach(
     ebpf: &mut Ebpf,
     prog: &'static str,
     iface: &str,
@@ -71,7 +79,8 @@ fn attach(
     Ok(())
 }
 
-fn map<'a, T: TryFrom<&'a mut aya::maps::Map>>(
+/// Map `name` of the object, as type `T`.
+pub fn map<'a, T: TryFrom<&'a mut aya::maps::Map>>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<T, LoadError> {
@@ -81,7 +90,8 @@ fn map<'a, T: TryFrom<&'a mut aya::maps::Map>>(
         .map_err(|_| LoadError::MissingMap(name))
 }
 
-fn map_ro<'a, T: TryFrom<&'a aya::maps::Map>>(
+/// Map `name` of the object, read-only.
+pub fn map_ro<'a, T: TryFrom<&'a aya::maps::Map>>(
     ebpf: &'a Ebpf,
     name: &'static str,
 ) -> Result<T, LoadError> {
@@ -268,45 +278,10 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Runs a program once on `frame` in the kernel (`BPF_PROG_TEST_RUN`) as if it arrived
-    /// on `ingress_ifindex`. Returns the XDP action and the frame as the program left it.
-    pub fn test_run(
-        &mut self,
-        prog: &'static str,
-        frame: &[u8],
-        ingress_ifindex: u32,
-    ) -> Result<(u32, Vec<u8>), LoadError> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let (action, len, _) =
-            self.test_run_repeat(prog, frame, ingress_ifindex, 1, Some(&mut out))?;
-        out.truncate(len);
-        Ok((action, out))
-    }
-
-    /// Like [`Self::test_run`], `repeat` times; also returns the kernel's mean time per run.
-    pub fn test_run_repeat(
-        &mut self,
-        prog: &'static str,
-        frame: &[u8],
-        ingress_ifindex: u32,
-        repeat: u32,
-        out: Option<&mut [u8]>,
-    ) -> Result<(u32, usize, std::time::Duration), LoadError> {
-        use aya::programs::{TestRun, TestRunOptions};
-        let p = loaded(&mut self.ebpf, prog)?;
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: out,
-            ctx_in: Some(&ctx),
-            repeat,
-            ..TestRunOptions::new()
-        };
-        let r = p.test_run(opts).map_err(|e| LoadError::Program(prog, e))?;
-        Ok((r.return_value, r.data_size_out as usize, r.duration))
+    /// `prog` loaded in the kernel, with the maps as this orchestrator set them: the lab's
+    /// testbed runs it in place on crafted frames (`BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self, prog: &'static str) -> Result<&mut Xdp, LoadError> {
+        loaded(&mut self.ebpf, prog)
     }
 
     pub fn set_group(&mut self, group: u32, conf: GroupConf) -> Result<(), LoadError> {
@@ -414,71 +389,6 @@ impl Orchestrator {
             .map(|(k, v)| (k.mac, v))
             .collect())
     }
-
-    /// Attaches any program of the object (the benchmarks' `sink`, `bare_redirect`).
-    pub fn attach_program(&mut self, prog: &'static str, iface: &str) -> Result<(), LoadError> {
-        attach(&mut self.ebpf, prog, iface, self.mode)
-    }
-
-    /// Points entry `index` of devmap `name` at `ifindex`.
-    pub fn set_devmap(
-        &mut self,
-        name: &'static str,
-        index: u32,
-        ifindex: u32,
-    ) -> Result<(), LoadError> {
-        let mut m: DevMap<&mut MapData> = map(&mut self.ebpf, name)?;
-        m.set(index, ifindex, None, 0)?;
-        Ok(())
-    }
-
-    /// Configures the `generate` program.
-    pub fn set_generator(&mut self, conf: GenConf) -> Result<(), LoadError> {
-        let mut m: Array<&mut MapData, GenConf> = map(&mut self.ebpf, bench::GEN_CONF)?;
-        m.set(0, conf, 0)?;
-        Ok(())
-    }
-
-    /// Points `to_stack` at CPU 0's map thread, with a queue of `qsize` frames.
-    pub fn set_stack_cpu(&mut self, qsize: u32) -> Result<(), LoadError> {
-        let mut m: aya::maps::CpuMap<&mut MapData> = map(&mut self.ebpf, bench::STACK_CPUS)?;
-        m.set(0, qsize, None, 0)
-            .map_err(|e| LoadError::Config(format!("CPU map entry: {e}")))?;
-        Ok(())
-    }
-
-    /// Frames and bytes the sinks dropped, summed over CPUs.
-    pub fn sink_stats(&self) -> Result<(u64, u64), LoadError> {
-        let c = sum_counters(&self.ebpf, bench::SINK_STATS, &["packets", "bytes"])?;
-        Ok((c[0].1, c[1].1))
-    }
-
-    /// Sends `count` copies of `frame` through `prog` as live frames (the kernel's fast
-    /// in-kernel generator: whatever the program redirects is really transmitted).
-    /// Returns the wall time the kernel took.
-    pub fn live_frames(
-        &mut self,
-        prog: &'static str,
-        frame: &[u8],
-        ingress_ifindex: u32,
-        count: u32,
-        batch: u32,
-    ) -> Result<std::time::Duration, LoadError> {
-        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-        let p = loaded(&mut self.ebpf, prog)?;
-        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
-        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat: count,
-            attrs: TestRunAttrs::new().xdp_live_frames(batch),
-            ..TestRunOptions::new()
-        };
-        let start = std::time::Instant::now();
-        p.test_run(opts).map_err(|e| LoadError::Program(prog, e))?;
-        Ok(start.elapsed())
-    }
 }
 
 fn check_ifindex(idx: u32) -> Result<(), LoadError> {
@@ -499,7 +409,8 @@ fn check_member(id: u32) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn sum_counters(
+/// Per-CPU `u64` counters `0..labels.len()` of map `name`, each summed over CPUs.
+pub fn sum_counters(
     ebpf: &Ebpf,
     name: &'static str,
     labels: &[&'static str],
@@ -547,41 +458,5 @@ impl Member {
             c[steer_stat::TO_SOCKET as usize].1,
             c[steer_stat::NO_SOCKET as usize].1,
         ))
-    }
-}
-
-/// The sync link's fault injector: `sync_loss` on an interface, dropping a share of the
-/// HyperSync frames it receives. Dropping it detaches the program.
-pub struct FaultInjector {
-    ebpf: Ebpf,
-}
-
-impl FaultInjector {
-    /// Attaches to `iface` (in the calling thread's namespace), dropping `per_million`
-    /// sync frames in a million.
-    pub fn attach(iface: &str, per_million: u32) -> Result<Self, LoadError> {
-        let mut ebpf = load_object()?;
-        {
-            let mut conf: Array<&mut MapData, u32> =
-                map(&mut ebpf, baton_common::fault::FAULT_CONF)?;
-            conf.set(0, per_million, 0)?;
-        }
-        attach(
-            &mut ebpf,
-            baton_common::fault::SYNC_LOSS,
-            iface,
-            XdpMode::Driver,
-        )?;
-        Ok(Self { ebpf })
-    }
-
-    /// (sync frames dropped, sync frames passed).
-    pub fn stats(&self) -> Result<(u64, u64), LoadError> {
-        let c = sum_counters(
-            &self.ebpf,
-            baton_common::fault::FAULT_STATS,
-            &["dropped", "passed"],
-        )?;
-        Ok((c[0].1, c[1].1))
     }
 }

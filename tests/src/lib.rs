@@ -1,5 +1,5 @@
-//! Helpers of the root-only tests: the `baton` binary, a lab that removes itself, and
-//! namespace queries. Tests panic with context rather than return errors, to keep the
+//! Helpers of the root-only tests: the `baton` binary, a lab that removes itself (through
+//! the lab crate's guard), and namespace queries. Tests panic with context rather than return errors, to keep the
 //! backtrace.
 
 use std::{
@@ -56,11 +56,14 @@ pub fn in_ns(ns: &str, args: &[&str]) -> Output {
 
 /// Lab namespaces present now.
 pub fn lab_namespaces() -> Vec<String> {
-    baton_control::lab::namespaces().expect("ip netns list")
+    baton_lab::topology::namespaces().expect("ip netns list")
 }
 
-/// A lab that is brought up on creation and torn down on drop (also when the test fails).
-pub struct Lab;
+/// A lab that is brought up on creation (by `baton lab up`, the command under test) and
+/// torn down on drop, also when the test fails (the lab's one guard).
+pub struct Lab {
+    _guard: baton_lab::LabGuard,
+}
 
 impl Lab {
     pub fn up(sgms: u32) -> Lab {
@@ -70,7 +73,9 @@ impl Lab {
     /// `baton lab up` with these options.
     pub fn up_with(options: &[&str]) -> Lab {
         let _ = baton(&["lab", "down"]);
-        let lab = Lab;
+        let lab = Lab {
+            _guard: baton_lab::LabGuard::new(),
+        };
         let mut args = vec!["lab", "up"];
         args.extend_from_slice(options);
         baton_ok(&args);
@@ -79,13 +84,10 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// A failed test keeps the daemons' logs; the guard then takes the lab down.
     fn drop(&mut self) {
         if std::thread::panicking() {
             keep_logs();
-        }
-        let out = baton(&["lab", "down"]);
-        if !out.status.success() {
-            eprintln!("lab down failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
 }
@@ -105,7 +107,7 @@ fn keep_logs() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let dir = root.join(format!("{name}-{stamp}"));
-    let Ok(entries) = std::fs::read_dir(baton_control::lab::STATE_DIR) else {
+    let Ok(entries) = std::fs::read_dir(baton_lab::topology::STATE_DIR) else {
         return;
     };
     if std::fs::create_dir_all(&dir).is_err() {
@@ -169,28 +171,28 @@ pub fn wait_stat(limit: std::time::Duration, check: impl Fn(&Value) -> bool) -> 
 pub struct Sessions {
     runner: std::thread::JoinHandle<
         Result<
-            Vec<Result<baton_control::traffic::TcpReport, baton_control::traffic::TrafficError>>,
-            baton_control::traffic::TrafficError,
+            Vec<Result<baton_lab::traffic::TcpReport, baton_lab::traffic::TrafficError>>,
+            baton_lab::traffic::TrafficError,
         >,
     >,
-    progress: std::sync::Arc<baton_control::traffic::Progress>,
+    progress: std::sync::Arc<baton_lab::traffic::Progress>,
 }
 
 impl Sessions {
     /// Starts `flows`, each sending `pace`; a connection stalled longer than `stall` is lost.
     pub fn start(
-        flows: Vec<baton_control::traffic::TcpFlow>,
-        pace: baton_control::traffic::Pace,
+        flows: Vec<baton_lab::traffic::TcpFlow>,
+        pace: baton_lab::traffic::Pace,
         stall: std::time::Duration,
         timeout: std::time::Duration,
     ) -> Sessions {
-        let progress = std::sync::Arc::new(baton_control::traffic::Progress::default());
+        let progress = std::sync::Arc::new(baton_lab::traffic::Progress::default());
         let runner = {
             let progress = progress.clone();
             std::thread::spawn(move || {
-                baton_control::traffic::tcp_sessions(
-                    baton_control::lab::NS_EXT,
-                    baton_control::lab::NS_INT,
+                baton_lab::traffic::tcp_sessions(
+                    baton_lab::topology::NS_EXT,
+                    baton_lab::topology::NS_INT,
                     &flows,
                     pace,
                     stall,
@@ -222,7 +224,7 @@ impl Sessions {
     /// Waits for every connection to end; one result per connection.
     pub fn finish(
         self,
-    ) -> Vec<Result<baton_control::traffic::TcpReport, baton_control::traffic::TrafficError>> {
+    ) -> Vec<Result<baton_lab::traffic::TcpReport, baton_lab::traffic::TrafficError>> {
         self.runner
             .join()
             .expect("sessions thread")
@@ -232,8 +234,8 @@ impl Sessions {
 
 /// The options `baton lab up` uses by default, with the binary under test (to start a
 /// daemon of a live lab again).
-pub fn lab_options() -> baton_control::lab::LabOptions {
-    baton_control::lab::LabOptions::new(baton_bin())
+pub fn lab_options() -> baton_lab::topology::LabOptions {
+    baton_lab::topology::LabOptions::new(baton_bin())
 }
 
 pub fn sync_json() -> Value {

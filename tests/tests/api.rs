@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use baton_control::{
-    api::{ApiError, Client},
-    lab::{API_TCP_PORT, API_TOKEN_FILE, NS_ORCH, STATE_DIR},
+use baton_control::api::{ApiError, Client};
+use baton_lab::{
+    topology::{API_TCP_PORT, API_TOKEN_FILE, NS_ORCH, STATE_DIR},
     traffic::{in_netns, join, TrafficError},
 };
 use baton_tests::*;

@@ -100,13 +100,13 @@ action = "accept"
 
 /// Whether a TCP connection from bt-ext to bt-int port `port` opens within 2 s.
 fn tcp_ok(port: u16) -> bool {
-    use baton_control::{
-        lab::{NS_EXT, NS_INT},
+    use baton_lab::{
+        topology::{NS_EXT, NS_INT},
         traffic::{in_netns, join},
     };
     let addr: std::net::SocketAddr = format!("198.19.0.5:{port}").parse().unwrap();
     let listener = join(in_netns(NS_INT, move || {
-        std::net::TcpListener::bind(addr).map_err(|e| baton_control::traffic::TrafficError::Io {
+        std::net::TcpListener::bind(addr).map_err(|e| baton_lab::traffic::TrafficError::Io {
             what: "listen".into(),
             source: e,
         })
@@ -161,7 +161,7 @@ fn policies_install_everywhere_roll_back_and_reach_a_restarted_member() {
     wait_stat(Duration::from_secs(2), |s| {
         s["groups"][0]["members"][1]["state"] == "down"
     });
-    baton_control::lab::start_member(&lab_options(), 2).unwrap();
+    baton_lab::topology::start_member(&lab_options(), 2).unwrap();
     let start = Instant::now();
     loop {
         let s = stat_json();
@@ -204,7 +204,7 @@ fn member_ids() -> Vec<u64> {
 #[test]
 fn members_are_removed_and_added_back_by_the_orchestrator() {
     let _lab = Lab::up(3);
-    let config = std::path::Path::new(baton_control::lab::STATE_DIR).join("baton.toml");
+    let config = std::path::Path::new(baton_lab::topology::STATE_DIR).join("baton.toml");
     baton_ok(&["sgm", "remove", "3"]);
     assert_eq!(member_ids(), vec![1, 2]);
     let table = bucket_table();
@@ -261,10 +261,10 @@ const SESSIONS: u64 = 60;
 
 /// Paced TCP sessions through the lab (2 KB every 20 ms for 8 s each).
 fn sessions(port: u16) -> Sessions {
-    let flows = baton_control::traffic::TcpFlow::lab(SESSIONS, port, 2048 * 400, 11);
+    let flows = baton_lab::traffic::TcpFlow::lab(SESSIONS, port, 2048 * 400, 11);
     let s = Sessions::start(
         flows,
-        baton_control::traffic::Pace {
+        baton_lab::traffic::Pace {
             chunk: 2048,
             gap: Duration::from_millis(20),
         },

@@ -7,9 +7,10 @@ use std::{
 };
 
 use baton_common::key;
-use baton_control::{
-    lab::{ns_sgm, NS_EXT, NS_INT},
-    search, traffic,
+use baton_control::search;
+use baton_lab::{
+    topology::{ns_sgm, NS_EXT, NS_INT},
+    traffic,
 };
 use baton_tests::*;
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_control::traffic::{Pace, TcpFlow};
+use baton_lab::traffic::{Pace, TcpFlow};
 use baton_tests::*;
 use serde_json::Value;
 

@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use baton_control::{
-    lab::{NS_EXT, NS_INT, STATE_DIR},
+use baton_lab::{
+    topology::{NS_EXT, NS_INT, STATE_DIR},
     traffic::{in_netns, join, tcp_streams, TcpFlow, TcpReport, TrafficError},
 };
 use baton_tests::*;

@@ -3,10 +3,13 @@
 
 use std::sync::atomic::Ordering;
 
-use baton_benches::{distributor::Topology, sgm};
 use baton_dataplane::{
     conntrack::{ConnTable, Timeouts},
     verdict::DropReason,
+};
+use baton_lab::{
+    member_port::{forwarder, round, rss_bytes},
+    scratch::Topology,
 };
 
 #[test]
@@ -14,13 +17,12 @@ fn a_flood_of_a_million_tuples_leaves_memory_bounded() {
     let _topo = Topology::with_member_port().expect("benchmark namespace");
     let capacity = 100_000;
     let table_bytes = ConnTable::new(capacity, Timeouts::default()).memory_bytes();
-    let before = sgm::rss_bytes();
+    let before = rss_bytes();
     // Frames over 1M distinct (source, port) tuples until the member has received 1M of
     // them (the generator is faster than the member; what it cannot take is dropped
     // before it).
-    let (_, stats) =
-        sgm::round(sgm::forwarder(capacity), 200_000, 1_000_000, 1_000_000).expect("flood");
-    let grown = sgm::rss_bytes().saturating_sub(before);
+    let (_, stats) = round(forwarder(capacity), 200_000, 1_000_000, 1_000_000).expect("flood");
+    let grown = rss_bytes().saturating_sub(before);
     let seen = stats.rx_packets.load(Ordering::Relaxed);
     let full = stats.drops[DropReason::TableFull as usize].load(Ordering::Relaxed);
     assert!(seen >= 1_000_000, "the member saw {seen} frames");

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use baton_control::{
-    lab::NS_ORCH,
+use baton_lab::fault::FaultInjector;
+use baton_lab::{
+    topology::NS_ORCH,
     traffic::{in_netns, join, Pace, TcpFlow, TcpReport, TrafficError},
 };
-use baton_dataplane::loader::FaultInjector;
 use baton_tests::*;
 use serde_json::Value;
 

@@ -3,8 +3,8 @@
 
 use std::{net::IpAddr, path::Path, sync::Arc, time::Duration};
 
-use baton_control::{
-    lab::{NS_EXT, NS_INT},
+use baton_lab::{
+    topology::{NS_EXT, NS_INT},
     traffic::{self, Progress, TcpFlow},
 };
 use baton_tests::*;
@@ -21,7 +21,7 @@ fn ping(ns: &str, dst: &str) {
 fn assert_nothing_left() {
     assert_eq!(lab_namespaces(), Vec::<String>::new(), "namespaces left");
     assert!(
-        !Path::new(baton_control::lab::STATE_DIR).exists(),
+        !Path::new(baton_lab::topology::STATE_DIR).exists(),
         "state dir left"
     );
     assert!(
@@ -219,7 +219,7 @@ fn lab_down_cleans_up_after_killed_processes() {
         .args(["netns", "add", "bt-ext"])
         .status()
         .unwrap();
-    std::fs::create_dir_all(baton_control::lab::STATE_DIR).unwrap();
+    std::fs::create_dir_all(baton_lab::topology::STATE_DIR).unwrap();
     let up = baton(&["lab", "up", "--sgms", "1"]);
     assert!(!up.status.success(), "lab up over a half-built lab refuses");
     baton_ok(&["lab", "down"]);
@@ -238,7 +238,7 @@ fn missing_pieces_get_one_clear_sentence() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("baton.toml");
     let write_config = |sync: bool| {
-        let c = baton_control::lab::config(1, sync, baton_control::config::Mode::General, false);
+        let c = baton_lab::topology::config(1, sync, baton_control::config::Mode::General, false);
         std::fs::write(&cfg, c.to_toml()).unwrap();
     };
     let member = || {

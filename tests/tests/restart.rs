@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use baton_control::{
-    lab::{self, NS_ORCH},
+use baton_lab::{
+    topology::{self as lab, NS_ORCH},
     traffic::{Pace, TcpFlow, TcpReport, TrafficError},
 };
 use baton_tests::*;

@@ -55,7 +55,7 @@ fn bench(uplink_key: u32) -> Bench {
     sh(&[
         "-n", NS, "link", "add", "t-dl", "type", "veth", "peer", "name", "t-m",
     ]);
-    baton_control::traffic::enter_netns(NS).expect("enter test namespace");
+    baton_lab::traffic::enter_netns(NS).expect("enter test namespace");
     let (ext, int, dl) = (
         ifindex("t-ext").unwrap(),
         ifindex("t-int").unwrap(),
@@ -117,7 +117,8 @@ fn bench(uplink_key: u32) -> Bench {
 
 impl Bench {
     fn run(&mut self, prog: &'static str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        self.orch.test_run(prog, frame, ifindex).expect("test_run")
+        let prog = self.orch.program(prog).expect("program loads");
+        baton_lab::testbed::test_run(prog, frame, ifindex).expect("test_run")
     }
 
     /// Sends a frame through `distribute` and returns the member whose counter moved.

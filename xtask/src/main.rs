@@ -226,7 +226,7 @@ fn test(args: &[String]) -> Result<()> {
         bail!("the lab and XDP tests need root (network namespaces, BPF): run as root");
     }
     println!("== building baton and the tests");
-    run(cmd("cargo").args(["build", "-p", "baton-control", "--bin", "baton"]))?;
+    run(cmd("cargo").args(["build", "-p", "baton", "--bin", "baton"]))?;
     run(cmd("cargo").args(["test", "--no-run"]))?;
     run(cmd("cargo").args(["test", "-p", "baton-tests", "--no-run"]))?;
     let baton = root_dir().join("target/debug/baton");
@@ -388,7 +388,7 @@ fn release_bin(name: &str) -> Command {
 fn demo(args: &[String]) -> Result<()> {
     prepare_release(
         "the demo builds network namespaces and loads XDP programs",
-        &[("baton-control", "baton")],
+        &[("baton", "baton")],
     )?;
     run(release_bin("baton").arg("demo").args(args))
 }
@@ -397,7 +397,7 @@ fn bench(args: &[String]) -> Result<()> {
     // The membership benchmark runs a lab of release `baton` daemons.
     prepare_release(
         "the benchmarks load XDP programs and build network namespaces",
-        &[("baton-benches", "baton-bench"), ("baton-control", "baton")],
+        &[("baton-benches", "baton-bench"), ("baton", "baton")],
     )?;
     // The criterion micro-benchmarks run first: baton-bench's `micro` turns what they
     // leave in target/criterion/ into its figures.

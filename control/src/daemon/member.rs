@@ -12,13 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use baton_control::{
+use crate::{
     agent::{Agent, AgentAction},
     ccp::{self, HeartbeatAck, MemberReport},
     config::{Config, GroupConfig, Role},
     search, tasks,
 };
+use anyhow::Context;
 use baton_dataplane::{
     conntrack::{ConnTable, FlowKey, Timeouts},
     dispatch::{Dispatcher, MakeForwarder, WorkerStats, WORKERS_MAX},

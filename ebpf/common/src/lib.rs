@@ -7,6 +7,7 @@
 pub mod hash;
 pub mod maps;
 pub mod net;
+pub mod testbed;
 
 pub use hash::{addr_word, flow_hash, fold_v6, mix32};
 pub use maps::*;

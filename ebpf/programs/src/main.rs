@@ -3,20 +3,9 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod distribute;
 mod egress;
-mod fault;
 mod maps;
 mod parse;
+mod runtime;
 mod steer;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,16 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
-use axum::{
-    extract::{Query, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
-};
-use baton_common::{key, Bucket, DownlinkConf};
-use baton_control::{
+use crate::{
     api::{
         BucketTable, ErrorBody, GroupStat, MemberAdd, MemberMove, MemberStat, PolicyInstall,
         PolicyInstalled, PolicyRollback, PolicyStat, PolicyVersionStat, SearchResult, Stat,
@@ -29,12 +20,21 @@ use baton_control::{
     search,
     tasks::TaskStat,
 };
+use anyhow::{bail, Context};
+use axum::{
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use baton_common::{key, Bucket, DownlinkConf};
 use serde::Deserialize;
 
 use super::{lock, unix_now, SharedRef};
 
 pub(super) async fn serve(
-    o: baton_control::config::OrchestratorConfig,
+    o: crate::config::OrchestratorConfig,
     shared: SharedRef,
 ) -> anyhow::Result<()> {
     let path = o.api_socket.clone();

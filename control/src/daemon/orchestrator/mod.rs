@@ -14,14 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use baton_common::{DownlinkConf, GroupConf, UplinkConf};
-use baton_control::{
+use crate::{
     ccp::{self, Heartbeat},
     cluster::{self, store, Cluster, Input, Op, Output, Refusal, Reply},
     config::{Config, Role},
     policy_dist::PolicyVersion,
 };
+use anyhow::Context;
+use baton_common::{DownlinkConf, GroupConf, UplinkConf};
 use baton_dataplane::loader::{ifindex, Orchestrator};
 
 struct Uplink {

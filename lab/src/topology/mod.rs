@@ -11,11 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
-
-use crate::{
+use baton_control::{
     api::{Client, Stat},
     config::{
         default_api_socket, Config, GroupConfig, MemberConfig, Mode, OrchestratorConfig, Role,
@@ -23,6 +19,10 @@ use crate::{
     },
     membership::MemberState,
 };
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::LabError;
 
 mod fail;
 pub use fail::{fail, restore, Failure, LinkEnd, Part};
@@ -62,40 +62,6 @@ action = "accept"
 
 pub fn ns_sgm(k: u32) -> String {
     format!("bt-sgm{k}")
-}
-
-#[derive(Debug, Error)]
-pub enum LabError {
-    #[error("the lab needs root (it creates network namespaces): run as root")]
-    NotRoot,
-    #[error("`{0}` is not installed; run `cargo xtask setup` (or apt-get install {1})")]
-    MissingTool(&'static str, &'static str),
-    #[error("a lab is already up (namespaces: {0}); run `baton lab down` first")]
-    AlreadyUp(String),
-    #[error("--sgms must be between 1 and {MEMBERS_PER_GROUP_MAX}, not {0}")]
-    BadSize(u32),
-    #[error("`{cmd}` failed: {stderr}")]
-    Command { cmd: String, stderr: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("the lab did not come up within {secs} s: {detail}")]
-    Timeout { secs: u64, detail: String },
-    #[error("no lab is up ({0} is missing): run `baton lab up` first")]
-    NotUp(String),
-    #[error("the lab has no {part} (it has members 1 to {sgms})")]
-    NoSuchPart { part: Part, sgms: u32 },
-    #[error("{0} has already failed: `baton lab restore {0}` brings it back")]
-    AlreadyFailed(Part),
-    #[error("{0} has not failed (`baton lab fail {0}` fails it)")]
-    NotFailed(Part),
-    #[error("unexpected output of `{cmd}`: {detail}")]
-    Output { cmd: String, detail: String },
-    #[error("{part} did not come back within {secs} s: {detail}")]
-    NotBack {
-        part: Part,
-        secs: u64,
-        detail: String,
-    },
 }
 
 /// Options of `baton lab up` (kept in the state directory as [`OPTIONS_FILE`]).
@@ -173,7 +139,7 @@ fn run(cmd: &mut Command) -> Result<String, LabError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<String, LabError> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, LabError> {
     run(Command::new("ip").args(args))
 }
 

@@ -14,7 +14,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::daemon;
+use baton_control::daemon;
 
 /// Exit code when no orchestrator answers (as opposed to 1, the command failed).
 pub const EXIT_NO_ORCHESTRATOR: u8 = 3;

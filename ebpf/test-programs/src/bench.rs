@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{Array, CpuMap, DevMap, PerCpuArray},
     programs::XdpContext,
 };
-use baton_common::GenConf;
+use baton_common::testbed::GenConf;
 
 use crate::parse::ptr_at;
 

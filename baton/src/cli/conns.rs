@@ -6,8 +6,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::bail;
-use baton_control::{
-    lab::{HOSTS_PER_SIDE, NS_EXT, NS_INT},
+use baton_lab::{
+    topology::{HOSTS_PER_SIDE, NS_EXT, NS_INT},
     traffic::{
         connections, ConnReport, ConnSpec, CONN_BYTES_MAX, CONN_CONCURRENCY_MAX, CONN_COUNT_MAX,
     },

@@ -1,9 +1,7 @@
 //! `baton lab up|down|fail|restore`.
 
-use baton_control::{
-    config::Mode,
-    lab::{self, LabOptions},
-};
+use baton_control::config::Mode;
+use baton_lab::topology::{self as lab, LabOptions};
 use clap::Subcommand;
 
 #[derive(Subcommand)]

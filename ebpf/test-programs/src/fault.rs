@@ -8,6 +8,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use baton_common::net::ETH_P_SYNC;
 
 use crate::parse::ptr_at;
 
@@ -17,8 +18,6 @@ pub static FAULT_CONF: Array<u32> = Array::with_max_entries(1, 0);
 /// Sync frames dropped, sync frames passed (per CPU).
 #[map]
 pub static FAULT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-const ETH_P_SYNC: u16 = 0x88B5;
 
 #[xdp]
 pub fn sync_loss(ctx: XdpContext) -> u32 {

@@ -1,8 +1,8 @@
 //! `baton`: the CLI and the daemons. `main` parses and dispatches; each subcommand lives in
-//! its own module.
+//! its own module. The daemons are `baton_control::daemon`; the lab's commands (`lab`,
+//! `gen`, `conns`, `demo`) call `baton_lab`.
 
 mod cli;
-mod daemon;
 
 use clap::Parser;
 

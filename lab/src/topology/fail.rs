@@ -11,11 +11,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use baton_control::membership::MemberState;
+
 use super::{
-    check_root, ip, kill_member, ns_sgm, options, pids, poll_stat, start_member, LabError,
-    STATE_DIR, UP_TIMEOUT,
+    check_root, ip, kill_member, ns_sgm, options, pids, poll_stat, start_member, STATE_DIR,
+    UP_TIMEOUT,
 };
-use crate::membership::MemberState;
+use crate::LabError;
 
 /// Records of failed parts, one file each, under the state directory.
 const FAILED_DIR: &str = "failed";

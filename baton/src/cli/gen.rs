@@ -4,14 +4,17 @@
 //! interface towards the group's uplink, as a host's would.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use baton_common::{bench, GenConf};
-use baton_control::{ccp::parse_mac, lab::NS_EXT, traffic::enter_netns};
-use baton_dataplane::loader::{ifindex, Orchestrator};
+use baton_control::ccp::parse_mac;
+use baton_lab::{
+    generator::{frame_v4, frame_v6, Generator, GEN_HOST, SOURCE_ADDRESS, SOURCE_ADDRESS_V6},
+    topology::NS_EXT,
+    traffic::enter_netns,
+};
 use clap::Args;
 
 #[derive(Args)]
@@ -43,64 +46,6 @@ pub struct GenArgs {
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
-}
-
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x18, 0x01];
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A UDP frame 198.18.0.0 → 198.19.0.1, 1024 → 53, `size` bytes.
-fn frame_v4(dst: [u8; 6], size: usize) -> Vec<u8> {
-    let mut f = vec![0u8; size];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&HOST_MAC);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (size - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&Ipv4Addr::new(198, 18, 0, 0).octets());
-    ip[16..20].copy_from_slice(&Ipv4Addr::new(198, 19, 0, 1).octets());
-    let c = checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&1024u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&53u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-    // Checksum 0: none (IPv4 allows it; the generator rewrites the source anyway).
-    f
-}
-
-/// A UDP frame 2001:db8:18::0 → 2001:db8:19::1, 1024 → 53, `size` bytes.
-fn frame_v6(dst: [u8; 6], size: usize) -> Vec<u8> {
-    let mut f = vec![0u8; size];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&HOST_MAC);
-    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    let payload = (size - 54) as u16;
-    let ip = &mut f[14..54];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&payload.to_be_bytes());
-    ip[6] = 17;
-    ip[7] = 64;
-    ip[8..24].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0).octets());
-    ip[24..40].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 1).octets());
-    let udp = &mut f[54..62];
-    udp[0..2].copy_from_slice(&1024u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&53u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&payload.to_be_bytes());
-    f
 }
 
 #[derive(serde::Serialize)]
@@ -138,10 +83,6 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     let dst =
         parse_mac(&args.dst_mac).with_context(|| format!("bad --dst-mac {:?}", args.dst_mac))?;
     enter_netns(&args.ns)?;
-    let lo = ifindex("lo")?;
-    let out = ifindex(&args.iface)?;
-    let mut gen = Orchestrator::load(true)?;
-    gen.set_devmap(bench::GEN_PORTS, 0, out)?;
     // The kernel sends at most this many per call; a rate is kept by pacing chunks.
     let chunk: u64 = match args.rate {
         // Each call costs milliseconds (the kernel re-patches its XDP dispatcher): pace
@@ -153,31 +94,35 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     let v6_total = args.count * args.v6_share as u64 / 100;
     let templates = [
         (
-            frame_v4(dst, args.size),
-            14 + 14,
-            14 + 20,
+            frame_v4(GEN_HOST, Ipv4Addr::new(198, 18, 0, 0), dst, args.size),
+            SOURCE_ADDRESS,
             args.count - v6_total,
         ),
         // (Built at its minimum size when no IPv6 is asked for: never sent then.)
-        (frame_v6(dst, args.size.max(62)), 14 + 22, 14 + 40, v6_total),
+        (
+            frame_v6(dst, args.size.max(62)),
+            SOURCE_ADDRESS_V6,
+            v6_total,
+        ),
     ];
+    let mut gen = Generator::new(
+        &args.iface,
+        args.flows,
+        templates[0].1,
+        templates[0].0.clone(),
+    )?;
     let mut sent = [0u64; 2];
     let start = Instant::now();
     let mut done = 0u64;
     while done < args.count {
-        for (i, (frame, addr_off, port_off, total)) in templates.iter().enumerate() {
+        for (i, (frame, offsets, total)) in templates.iter().enumerate() {
             let share = (chunk * total).div_ceil(args.count).max(1);
             let n = share.min(total - sent[i]);
             if n == 0 {
                 continue;
             }
-            gen.set_generator(GenConf {
-                flows: args.flows,
-                addr_off: *addr_off,
-                port_off: *port_off,
-                _pad: 0,
-            })?;
-            gen.live_frames(bench::GENERATE, frame, lo, n as u32, 256)?;
+            gen.set_frame(frame, *offsets)?;
+            gen.send(n as u32)?;
             sent[i] += n;
             done += n;
         }
@@ -210,24 +155,4 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_are_well_formed() {
-        let f = frame_v4([2, 0, 0, 0, 0, 1], 60);
-        assert_eq!(f.len(), 60);
-        assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum verifies");
-        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46);
-        let f = frame_v6([2, 0, 0, 0, 0, 1], 100);
-        assert_eq!(
-            u16::from_be_bytes([f[18], f[19]]),
-            46,
-            "IPv6 payload length"
-        );
-        assert_eq!(&f[54..56], &1024u16.to_be_bytes());
-    }
 }

@@ -9,10 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use baton_control::{
-    api::{Client, Stat, SyncStat},
-    lab::{self, LabOptions, NS_EXT, NS_INT},
+use baton_control::api::{Client, Stat, SyncStat};
+use baton_lab::{
+    topology::{self as lab, LabOptions, NS_EXT, NS_INT},
     traffic::{self, Progress, TcpFlow},
+    LabGuard,
 };
 use clap::Args;
 
@@ -32,24 +33,12 @@ pub struct DemoArgs {
     kill: u32,
 }
 
-/// Tears the lab down when dropped, also on error or panic.
-struct LabGuard;
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        match lab::down() {
-            Ok(_) => println!("lab torn down"),
-            Err(e) => eprintln!("baton: lab down failed: {e}"),
-        }
-    }
-}
-
 pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
     // Whatever an earlier run left.
     lab::down()?;
     let exe = std::env::current_exe()?;
     println!("bringing up a {}-member lab ...", args.sgms);
-    let _guard = LabGuard;
+    let _guard = LabGuard::new().reporting();
     let stat = lab::up(&LabOptions {
         sgms: args.sgms,
         ..LabOptions::new(exe)
