@@ -117,6 +117,42 @@ fn link_pin(dir: &Path, prog: &str, iface: &str) -> PathBuf {
     dir.join(format!("link-{prog}-{iface}"))
 }
 
+/// Detaches the bpf link pinned at `pin` now (`BPF_LINK_DETACH`); the pin stays for the
+/// caller to remove. Removing the pin alone frees the link only when the kernel gets round
+/// to it (the pin's inode goes after an RCU grace period, the link in a work item), so an
+/// attach right after — a member removed and added back — could still find the old program
+/// on the interface (seen on a loaded machine: `bpf_link_create` refused).
+fn detach_pinned_link(pin: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // `union bpf_attr`, zeroed: BPF_OBJ_GET reads `pathname` (u64) at offset 0,
+    // BPF_LINK_DETACH reads `link_fd` (u32) at offset 0; the kernel wants the rest zero.
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    let size = std::mem::size_of_val(&attr);
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for BPF_OBJ_GET whose `pathname`
+    // points at a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), size) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut attr = [0u64; 8];
+    attr[0] = fd as u64;
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr for BPF_LINK_DETACH naming the link
+    // fd just opened.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), size) };
+    let detached = if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: `fd` was returned by BPF_OBJ_GET above and is closed once.
+    unsafe { libc::close(fd as libc::c_int) };
+    detached
+}
+
 fn pin_error(path: &Path, e: impl std::fmt::Display) -> LoadError {
     LoadError::Pin {
         path: path.display().to_string(),
@@ -204,6 +240,7 @@ impl Orchestrator {
             Some(dir) => {
                 let pin = link_pin(dir, prog, iface);
                 if pin.exists() {
+                    detach_pinned_link(&pin).map_err(|e| pin_error(&pin, e))?;
                     std::fs::remove_file(&pin).map_err(|e| pin_error(&pin, e))?;
                 }
             }

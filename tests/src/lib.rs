@@ -41,6 +41,24 @@ pub fn baton_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until the orchestrator's API answers (a restarted orchestrator attaches its
+/// programs first: seconds on a loaded machine); panics after `limit`.
+pub fn wait_api(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let out = baton(&["stat", "--json"]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API did not answer within {limit:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn stat_json() -> Value {
     serde_json::from_str(&baton_ok(&["stat", "--json"])).expect("stat --json is JSON")
 }

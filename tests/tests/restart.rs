@@ -46,6 +46,7 @@ fn an_orchestrator_restart_under_traffic_loses_no_forwarding_and_no_state() {
         &lost[..lost.len().min(3)]
     );
     // The restarted orchestrator knows what the old one decided.
+    wait_api(Duration::from_secs(30));
     let s = wait_stat(Duration::from_secs(3), |s| {
         member_field(s, "rx_packets").iter().all(|(_, rx)| *rx > 0)
     });

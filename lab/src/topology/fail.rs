@@ -96,11 +96,15 @@ pub fn fail(part: Part) -> Result<Failure, LabError> {
     let mut failure = Failure { links, killed: 0 };
     // Recorded before anything changes: a fail cut short can still be restored.
     write_record(&record, &failure)?;
-    for end in &failure.links {
-        ip(&["-n", &end.ns, "link", "set", &end.iface, "down"])?;
-    }
+    // Processes first, links after: a machine stops everything at once, and with its
+    // links taken down one `ip` call at a time while it still ran, the orchestrator
+    // heard heartbeats from a member whose data path was gone and isolated it instead of
+    // seeing it down (seen on a loaded machine).
     match part {
         Part::Member(k) => failure.killed = kill_member(k)?,
+    }
+    for end in &failure.links {
+        ip(&["-n", &end.ns, "link", "set", &end.iface, "down"])?;
     }
     for ns in part.namespaces() {
         let deadline = Instant::now() + KILL_TIMEOUT;
