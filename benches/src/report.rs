@@ -22,12 +22,12 @@ pub struct Figure {
 /// Median, min and max of `v` (not empty).
 pub fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let mid = s.len() / 2;
     let median = if s.len() % 2 == 1 {
         s[mid]
     } else {
-        (s[mid - 1] + s[mid]) / 2.0
+        f64::midpoint(s[mid - 1], s[mid])
     };
     (median, s[0], s[s.len() - 1])
 }

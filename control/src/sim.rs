@@ -487,7 +487,7 @@ impl Sim {
                         Command::Lost { .. } => self.report.failures += 1,
                         Command::PolicyEnd { .. } => self.report.policies += 1,
                         Command::Add { .. } | Command::Remove { .. } | Command::Move { .. } => {
-                            self.report.registry += 1
+                            self.report.registry += 1;
                         }
                         _ => {}
                     }

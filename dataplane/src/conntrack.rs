@@ -236,7 +236,7 @@ impl Connection {
         if (key.lo, key.lo_port) > (key.hi, key.hi_port) || r[2] > 1 || r[3] > 3 {
             return None;
         }
-        let ttl = u32::from_be_bytes([r[12], r[13], r[14], r[15]]) as u64;
+        let ttl = u64::from(u32::from_be_bytes([r[12], r[13], r[14], r[15]]));
         Some((
             op,
             Connection {
@@ -374,33 +374,29 @@ impl ConnTable {
             let e = self.map[i];
             if e.expires > now_ms {
                 let from_initiator = forward == e.initiator_lo;
-                match self.advance(e, p, forward, from_initiator, now_ms) {
-                    Some(mut next) => {
-                        if self.journal.is_some() {
-                            let now_s = (now_ms / 1000) as u32;
-                            let refresh = (self.timeout(next.state, p.proto) / 3000) as u32;
-                            if next.state != e.state
-                                || now_s.saturating_sub(e.synced_s) > refresh.max(1)
-                            {
-                                next.synced_s = now_s;
-                                let first_reply = matches!(
-                                    (e.state, next.state),
-                                    (State::SynSent, State::SynReceived)
-                                        | (State::Open, State::Replied)
-                                );
-                                self.note(RecordOp::Upsert, k, next, first_reply);
-                            }
+                if let Some(mut next) = self.advance(e, p, forward, from_initiator, now_ms) {
+                    if self.journal.is_some() {
+                        let now_s = (now_ms / 1000) as u32;
+                        let refresh = (self.timeout(next.state, p.proto) / 3000) as u32;
+                        if next.state != e.state
+                            || now_s.saturating_sub(e.synced_s) > refresh.max(1)
+                        {
+                            next.synced_s = now_s;
+                            let first_reply = matches!(
+                                (e.state, next.state),
+                                (State::SynSent, State::SynReceived)
+                                    | (State::Open, State::Replied)
+                            );
+                            self.note(RecordOp::Upsert, k, next, first_reply);
                         }
-                        self.map[i] = next;
-                        return Track::Existing(next.state);
                     }
-                    None => {
-                        self.note(RecordOp::Delete, k, e, false);
-                        self.remove(i);
-                        self.counters.closed += 1;
-                        return Track::Existing(State::TimeWait);
-                    }
+                    self.map[i] = next;
+                    return Track::Existing(next.state);
                 }
+                self.note(RecordOp::Delete, k, e, false);
+                self.remove(i);
+                self.counters.closed += 1;
+                return Track::Existing(State::TimeWait);
             }
             self.remove(i);
             self.counters.expired += 1;

@@ -127,7 +127,7 @@ impl<H: FrameHandler> BatchProcessor for H {
         }
     }
     fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        FrameHandler::tick(self, now, out)
+        FrameHandler::tick(self, now, out);
     }
     fn dropped_held(&self) -> [u64; DropReason::COUNT] {
         FrameHandler::dropped_held(self)
@@ -226,7 +226,7 @@ fn busy_poll(fd: i32, budget: u32) -> Result<(), PortError> {
                 fd,
                 libc::SOL_SOCKET,
                 opt,
-                &value as *const i32 as *const libc::c_void,
+                (&raw const value).cast::<libc::c_void>(),
                 std::mem::size_of::<i32>() as u32,
             )
         };
@@ -414,14 +414,14 @@ pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout: Duration) -> Result
     // ppoll, not poll: timeouts below a millisecond (see HOLD_TICK).
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     // SAFETY: ppoll on fds we own, with the right length; no signal mask.
     let rc = unsafe {
         libc::ppoll(
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
-            &ts,
+            &raw const ts,
             std::ptr::null(),
         )
     };
@@ -540,7 +540,7 @@ pub fn run(
                 stats.tx_full.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for sock in sockets.iter_mut() {
+        for sock in &mut sockets {
             let full = sock.flush(cfg.ring as usize)?;
             if full > 0 {
                 stats.tx_full.fetch_add(full as u64, Ordering::Relaxed);

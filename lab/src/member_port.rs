@@ -60,7 +60,7 @@ pub fn serve(
         ..Default::default()
     };
     port::run(&cfg, &mut member, fwd, stats, stop, rx, || {
-        ready.store(true, Ordering::Release)
+        ready.store(true, Ordering::Release);
     })?;
     Ok(())
 }
@@ -150,7 +150,7 @@ pub fn unpin() {
         for cpu in 0..libc::CPU_SETSIZE as usize {
             libc::CPU_SET(cpu, &mut set);
         }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
     }
 }
 
@@ -160,7 +160,7 @@ mod tests {
         // SAFETY: as in unpin.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set);
             libc::CPU_COUNT(&set) as usize
         }
     }

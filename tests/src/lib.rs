@@ -11,14 +11,15 @@ use serde_json::Value;
 
 /// The `baton` binary under test (`cargo xtask test` sets BATON_BIN).
 pub fn baton_bin() -> PathBuf {
-    std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    std::env::var_os("BATON_BIN").map_or_else(
+        || {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../target/debug/baton"
             ))
-        })
+        },
+        PathBuf::from,
+    )
 }
 
 pub fn baton(args: &[&str]) -> Output {

@@ -135,7 +135,7 @@ fn the_api_over_tcp_answers_as_its_spec_says() {
                 // documented error.
                 Some(want) => {
                     let (code, message) = status(call(&token, method, &url, body));
-                    assert_eq!(code as u64, want, "{method} {url}: {message}");
+                    assert_eq!(u64::from(code), want, "{method} {url}: {message}");
                     assert!(
                         op["responses"][want.to_string()].is_object(),
                         "{method} {url}: {want} is documented"

@@ -45,10 +45,10 @@ fn install_policy(text: &str, version: u64) {
 fn run_streams(first: u8, count: u8, port: u16, mb: u64) -> Result<Vec<TcpReport>, TrafficError> {
     let flows: Vec<TcpFlow> = (0..count)
         .map(|i| TcpFlow {
-            id: (first + i) as u64,
+            id: u64::from(first + i),
             client: IpAddr::from([198, 18, 0, first + i]),
             server: IpAddr::from([198, 19, 0, first + 10 + i]),
-            port: port + i as u16,
+            port: port + u16::from(i),
             bytes: mb << 20,
         })
         .collect();
@@ -182,7 +182,7 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
                     seg.as_ptr().cast(),
                     seg.len(),
                     0,
-                    &sa as *const _ as *const libc::sockaddr,
+                    (&raw const sa).cast::<libc::sockaddr>(),
                     std::mem::size_of_val(&sa) as u32,
                 )
             };
@@ -354,7 +354,7 @@ fn the_worker_count_changes_at_runtime_without_dropping_connections() {
     let _lab = Lab::up_with(&["--sgms", "1", "--workers", "2"]);
     let mut pairs = Vec::new();
     for i in 0..8u8 {
-        let addr = SocketAddr::from(([198, 19, 0, 40 + i], 5200 + i as u16));
+        let addr = SocketAddr::from(([198, 19, 0, 40 + i], 5200 + u16::from(i)));
         let l = listen(addr);
         let c = connect(addr).expect("connection opens");
         let (srv, _) = l.accept().unwrap();

@@ -55,7 +55,7 @@ impl Outcome {
 /// has a copy at its backup; waits for every connection to end.
 fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64, pace: Pace) -> Outcome {
     let mut flows = flows(port);
-    for f in flows.iter_mut() {
+    for f in &mut flows {
         f.bytes = PACE.chunk as u64 * rounds;
     }
     let sessions = Sessions::start(flows, pace, STALL_LIMIT, Duration::from_secs(90));
@@ -72,7 +72,7 @@ fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64, pace
         let before = stat_json();
         victim_connections += member_field(&before, "connections")
             .into_iter()
-            .find(|(id, _)| *id == *victim as u64)
+            .find(|(id, _)| *id == u64::from(*victim))
             .map_or(0, |(_, c)| c);
         kill_ns(&format!("bt-sgm{victim}"));
         // Down, and its buckets with their backups.
@@ -365,7 +365,10 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
     );
     // The genuine streams went on: every connection completes.
     let results = sessions.finish();
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(
+        results.iter().all(std::result::Result::is_ok),
+        "{results:?}"
+    );
 }
 
 fn wait_for_sync(check: impl Fn(&Value) -> bool) -> Value {
@@ -385,7 +388,7 @@ struct RawSocket(i32);
 impl RawSocket {
     fn bind(iface: &str) -> Self {
         let proto = (libc::ETH_P_ALL as u16).to_be();
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
@@ -399,7 +402,7 @@ impl RawSocket {
         let rc = unsafe {
             libc::bind(
                 fd,
-                &sll as *const _ as *const libc::sockaddr,
+                (&raw const sll).cast::<libc::sockaddr>(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
@@ -413,7 +416,7 @@ impl RawSocket {
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
+                (&raw const tv).cast::<libc::c_void>(),
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
@@ -421,7 +424,7 @@ impl RawSocket {
     }
 
     fn send(&self, f: &[u8]) {
-        let n = unsafe { libc::send(self.0, f.as_ptr() as *const libc::c_void, f.len(), 0) };
+        let n = unsafe { libc::send(self.0, f.as_ptr().cast::<libc::c_void>(), f.len(), 0) };
         assert_eq!(
             n,
             f.len() as isize,
@@ -438,11 +441,11 @@ impl RawSocket {
         let n = unsafe {
             libc::recvfrom(
                 self.0,
-                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
                 buf.len(),
                 0,
-                &mut sll as *mut _ as *mut libc::sockaddr,
-                &mut len,
+                (&raw mut sll).cast::<libc::sockaddr>(),
+                &raw mut len,
             )
         };
         if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
@@ -472,7 +475,7 @@ fn join_mid_transfer(
     // machine a join can take seconds, and one that completes after the sessions ended
     // takes buckets with nothing on them (seen under load: 0 taken over).
     let mut flows = flows(port);
-    for f in flows.iter_mut() {
+    for f in &mut flows {
         f.bytes = PACE.chunk as u64 * JOIN_ROUNDS;
     }
     let sessions = Sessions::start(flows, PACE, STALL_LIMIT, Duration::from_secs(90));

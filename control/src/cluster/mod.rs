@@ -626,7 +626,7 @@ impl Cluster {
                     out.push(Output::DownlinkDetach { member, iface });
                 }
                 Effect::DownlinkGroup { member, group } => {
-                    out.push(Output::DownlinkGroup { member, group })
+                    out.push(Output::DownlinkGroup { member, group });
                 }
                 Effect::PolicyEnded { group, outcome } => self.answer_pending(group, &outcome, out),
             }
@@ -635,7 +635,7 @@ impl Cluster {
 
     /// The configuration's member lists follow the registry (written back by the daemon).
     fn mirror_registry(&mut self) {
-        for g in self.config.groups.iter_mut() {
+        for g in &mut self.config.groups {
             g.members = self
                 .state
                 .members

@@ -53,7 +53,7 @@ fn member_id(t: &Table) -> Option<i64> {
 fn relocated(t: &Table) -> Table {
     let mut new = Table::new();
     *new.decor_mut() = t.decor().clone();
-    for (k, _) in t.iter() {
+    for (k, _) in t {
         if let Some((key, item)) = t.get_key_value(k) {
             new.insert_formatted(key, item.clone());
         }

@@ -220,12 +220,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let core = opts.worker_core;
         // One worker runs in the port's own thread; more run behind the dispatcher.
         let dispatcher = if workers > 1 {
-            let cores: Vec<usize> = match &opts.worker_cores {
-                Some(list) => list.clone(),
-                None => {
-                    let n = std::thread::available_parallelism().map_or(1, |c| c.get());
-                    (0..WORKERS_MAX).map(|i| i % n).collect()
-                }
+            let cores: Vec<usize> = if let Some(list) = &opts.worker_cores {
+                list.clone()
+            } else {
+                let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+                (0..WORKERS_MAX).map(|i| i % n).collect()
             };
             let (d, ws) = Dispatcher::new(workers, make, &cores)?;
             worker_stats = Some(ws);
@@ -398,7 +397,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 sync: sync_thread.as_ref().map(|_| {
                     sync_report
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone()
                 }),
                 sync_mac: sync_mac.clone(),

@@ -309,7 +309,7 @@ impl FrameHandler for Forwarder {
         Forwarder::process(self, frame, now, out)
     }
     fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        Forwarder::tick(self, now, out)
+        Forwarder::tick(self, now, out);
     }
     fn dropped_held(&self) -> [u64; DropReason::COUNT] {
         self.dropped_held

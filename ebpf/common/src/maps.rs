@@ -218,7 +218,7 @@ pub mod steer_stat {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
+    use super::{Bucket, DownlinkConf, GroupConf, MacKey, MemberStats, UplinkConf, UplinkStats};
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for GroupConf {}
     unsafe impl aya::Pod for UplinkConf {}

@@ -268,7 +268,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     let members: Vec<String> = (1..=n).map(ns_sgm).collect();
     for ns in [NS_EXT, NS_INT, NS_ORCH]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .chain(members.iter().cloned())
     {
         ip(&["netns", "add", &ns])?;
@@ -454,7 +454,7 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
     let state = Path::new(STATE_DIR);
     let cfg_path = state.join("baton.toml");
     let policy_path = state.join(POLICY_FILE);
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
     let core = ((k - 1) % cores).to_string();
     let busy: Vec<String> = opts
         .busy_poll

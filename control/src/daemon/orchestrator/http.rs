@@ -425,7 +425,11 @@ async fn add_member(
                 r.message,
             )
         })?;
-        let slot = s.cluster.config().group(req.group).map_or(0, |g| g.slot());
+        let slot = s
+            .cluster
+            .config()
+            .group(req.group)
+            .map_or(0, crate::config::GroupConfig::slot);
         let idx = s
             .programs
             .attach_downlink(
@@ -564,7 +568,7 @@ async fn search_bucket(
             u.prefixes
                 .iter()
                 .filter(|p| p.contains(&q.src))
-                .map(|p| p.prefix_len())
+                .map(ipnet::IpNet::prefix_len)
                 .max()
                 .map(|l| (l, u))
         })

@@ -386,7 +386,7 @@ impl Endpoint {
     pub fn poll(&mut self, now: Instant, out: &mut Vec<(u32, Vec<u8>)>) {
         self.tick(now);
         let cfg = &self.cfg;
-        for (&id, p) in self.peers.iter_mut() {
+        for (&id, p) in &mut self.peers {
             poll_peer(id, p, &mut self.sealer, cfg, now, out);
         }
     }

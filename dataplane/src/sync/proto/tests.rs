@@ -378,7 +378,7 @@ fn mutated_frames_never_panic() {
                 f[at] ^= 1 << (rng.next() % 8);
             }
             1 => f.truncate((rng.next() as usize) % f.len()),
-            _ => f.extend((0..1 + rng.next() % 40).map(|_| rng.next() as u8)),
+            _ => f.extend((0..=(rng.next() % 40)).map(|_| rng.next() as u8)),
         }
         assert!(b.receive(&f, now).is_empty());
     }
