@@ -45,6 +45,7 @@ fn thread_cpu_ns(tid: i32) -> Option<u64> {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a live, writable timespec for the call; a bad clock id only makes it fail.
     (unsafe { libc::clock_gettime(clock, &raw mut ts) } == 0)
         .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
@@ -388,6 +389,7 @@ mod tests {
 
     #[test]
     fn this_threads_cpu_clock_reads() {
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
         let tid = unsafe { libc::gettid() };
         let a = thread_cpu_ns(tid).expect("own CPU clock");
         let mut x = 0u64;

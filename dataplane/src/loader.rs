@@ -30,6 +30,7 @@ pub static EBPF_OBJECT: &[u8] =
 /// Interface index of `name`, or a clear error.
 pub fn ifindex(name: &str) -> Result<u32, LoadError> {
     let c = CString::new(name).map_err(|_| LoadError::NoSuchInterface(name.to_string()))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
         return Err(LoadError::NoSuchInterface(name.to_string()));
@@ -43,6 +44,7 @@ fn load_object() -> Result<Ebpf, LoadError> {
 
 /// Loads an eBPF object (its maps created; its programs load when first used). Needs root.
 pub fn load(object: &[u8]) -> Result<Ebpf, LoadError> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }

@@ -313,6 +313,7 @@ impl QueueSocket {
         // Half the frames wait in the fill ring for packets; the other half are free for
         // frames we originate (ARP/ND, released frames).
         let (to_fill, free) = descs.split_at(cfg.ring as usize);
+        // SAFETY: the descriptors are fresh frames of this socket's own UMEM, in no ring yet.
         let filled = unsafe { fq.produce(to_fill) };
         if filled != to_fill.len() {
             return Err(PortError::Config(format!(
@@ -338,8 +339,10 @@ impl QueueSocket {
 
     /// Takes back the frames the kernel finished sending, then receives a batch.
     pub(crate) fn receive(&mut self) -> usize {
+        // SAFETY: `comp` is ours to overwrite; the frames it gets back are of this socket's UMEM.
         let n = unsafe { self.cq.consume(&mut self.comp) };
         self.free.extend_from_slice(&self.comp[..n]);
+        // SAFETY: `batch` is ours to overwrite; the frames it receives are of this socket's UMEM.
         unsafe { self.rx.consume(&mut self.batch) }
     }
 
@@ -349,6 +352,8 @@ impl QueueSocket {
             return false;
         };
         {
+            // SAFETY: `desc` came off the free list: a frame of this UMEM that no ring holds, so
+            // the kernel does not touch it.
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
             let mut cur = data.cursor();
             cur.set_pos(0);
@@ -366,6 +371,8 @@ impl QueueSocket {
     pub(crate) fn flush(&mut self, ring: usize) -> Result<usize, PortError> {
         let mut full = 0;
         if !self.send.is_empty() {
+            // SAFETY: the frames in `send` are of this UMEM and in no other ring; they stay ours
+            // until completion.
             let sent = unsafe { self.tx.produce_and_wakeup(&self.send)? };
             if sent < self.send.len() {
                 // TX ring full: give the frames back rather than wait.
@@ -377,6 +384,8 @@ impl QueueSocket {
             self.tx.wakeup()?;
         }
         if !self.recycle.is_empty() {
+            // SAFETY: the frames in `recycle` are of this UMEM and in no ring (released by the
+            // forwarder, or refused by the TX ring).
             if unsafe { self.fq.produce(&self.recycle) } == 0 {
                 self.free.extend_from_slice(&self.recycle);
             }
@@ -387,6 +396,8 @@ impl QueueSocket {
             let want = self.fq.nb_free(spare as u32) as usize;
             if want > 0 {
                 let at = self.free.len() - want.min(spare);
+                // SAFETY: the frames on the free list are of this UMEM and in no ring; those taken
+                // are dropped from it.
                 if unsafe { self.fq.produce(&self.free[at..]) } > 0 {
                     self.free.truncate(at);
                 }

@@ -170,6 +170,7 @@ pub fn kill_ns(ns: &str) {
         .output()
         .unwrap();
     for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        // SAFETY: kill(2) on a pid that pgrep listed; a stale pid only makes it fail.
         unsafe { libc::kill(p.parse().unwrap(), libc::SIGKILL) };
     }
 }

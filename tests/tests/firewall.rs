@@ -165,6 +165,7 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
     let before = drops(&stat_json(), "no_connection");
     // A TCP ACK out of the blue, through a raw socket in bt-ext.
     join(in_netns(NS_EXT, || {
+        // SAFETY: socket(2) with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
         assert!(fd >= 0, "raw socket");
         let mut seg = [0u8; 20];
@@ -172,10 +173,14 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
         seg[2..4].copy_from_slice(&80u16.to_be_bytes());
         seg[12] = 5 << 4;
         seg[13] = 0x10; // ACK
+
+        // SAFETY: sockaddr_in is plain integers: all zeroes is a valid value.
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sa.sin_family = libc::AF_INET as _;
         sa.sin_addr.s_addr = u32::from_ne_bytes([198, 19, 0, 1]);
         for _ in 0..3 {
+            // SAFETY: `seg` and `sa` are live for the call and the lengths passed are theirs; `fd`
+            // is open.
             let n = unsafe {
                 libc::sendto(
                     fd,
@@ -188,6 +193,7 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
             };
             assert_eq!(n, 20);
         }
+        // SAFETY: `fd` is the socket opened above, closed once here.
         unsafe { libc::close(fd) };
         Ok(())
     }))

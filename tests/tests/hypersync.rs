@@ -388,6 +388,7 @@ struct RawSocket(i32);
 impl RawSocket {
     fn bind(iface: &str) -> Self {
         let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         assert!(
             fd >= 0,
@@ -395,10 +396,12 @@ impl RawSocket {
             std::io::Error::last_os_error()
         );
         let idx = baton_dataplane::loader::ifindex(iface).expect("interface");
+        // SAFETY: sockaddr_ll is plain integers: all zeroes is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto;
         sll.sll_ifindex = idx as i32;
+        // SAFETY: `sll` is a live sockaddr_ll and the size passed is its size; `fd` is open.
         let rc = unsafe {
             libc::bind(
                 fd,
@@ -411,6 +414,7 @@ impl RawSocket {
             tv_sec: 0,
             tv_usec: 100_000,
         };
+        // SAFETY: `tv` is a live timeval and the size passed is its size; `fd` is open.
         unsafe {
             libc::setsockopt(
                 fd,
@@ -424,6 +428,8 @@ impl RawSocket {
     }
 
     fn send(&self, f: &[u8]) {
+        // SAFETY: `f` is live for the call and its length is passed; the socket is open while
+        // `self` lives.
         let n = unsafe { libc::send(self.0, f.as_ptr().cast::<libc::c_void>(), f.len(), 0) };
         assert_eq!(
             n,
@@ -436,8 +442,11 @@ impl RawSocket {
     /// Frames the interface received (not those it sent).
     fn recv(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 2048];
+        // SAFETY: sockaddr_ll is plain integers: all zeroes is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: `buf` and `sll` are live and writable, their sizes passed; the socket is open
+        // while `self` lives.
         let n = unsafe {
             libc::recvfrom(
                 self.0,
@@ -458,6 +467,7 @@ impl RawSocket {
 
 impl Drop for RawSocket {
     fn drop(&mut self) {
+        // SAFETY: the socket is owned by `self` and closed once, here.
         unsafe { libc::close(self.0) };
     }
 }

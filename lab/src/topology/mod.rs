@@ -157,6 +157,7 @@ fn have(tool: &str) -> bool {
 }
 
 fn check_root() -> Result<(), LabError> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LabError::NotRoot);
     }
@@ -656,6 +657,8 @@ fn kill_all(ns: &str) -> Result<(), LabError> {
             return Ok(());
         }
         for p in &list {
+            // SAFETY: kill(2) on a pid listed in the lab's own namespace; a stale pid only makes
+            // it fail.
             unsafe { libc::kill(*p, sig) };
         }
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -578,16 +578,20 @@ fn conn_listener(addr: SocketAddr) -> Result<TcpListener, TrafficError> {
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket(2) with constant arguments; the result is checked below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the listener closes it once.
     let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(err)?;
     let (sa, len) = sockaddr(addr);
+    // SAFETY: `sa` is a sockaddr_storage filled for `addr` and `len` its used length; `fd` is open.
     if unsafe { libc::bind(fd, (&raw const sa).cast::<libc::sockaddr>(), len) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    // SAFETY: listen(2) on the open socket `fd`.
     if unsafe { libc::listen(fd, CONN_CONCURRENCY_MAX as libc::c_int) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -596,6 +600,7 @@ fn conn_listener(addr: SocketAddr) -> Result<TcpListener, TrafficError> {
         tv_sec: 0,
         tv_usec: SERVER_POLL.as_micros() as libc::suseconds_t,
     };
+    // SAFETY: `tv` is a live timeval and the size passed is its size; `fd` is open.
     let r = unsafe {
         libc::setsockopt(
             fd,
