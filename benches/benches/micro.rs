@@ -147,7 +147,7 @@ fn endpoint(me: u32, peer: u32) -> Endpoint {
             epoch: 1,
             ..Config::default()
         },
-        GroupKey([0x42; 32]),
+        &GroupKey([0x42; 32]),
     );
     e.set_peers(&[peer]);
     e

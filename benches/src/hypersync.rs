@@ -367,10 +367,7 @@ pub fn records(n: usize) -> anyhow::Result<Figure> {
             epoch: 1,
             ..Default::default()
         };
-        let (mut a, mut b) = (
-            Endpoint::new(cfg(1), key.clone()),
-            Endpoint::new(cfg(2), key),
-        );
+        let (mut a, mut b) = (Endpoint::new(cfg(1), &key), Endpoint::new(cfg(2), &key));
         a.set_peers(&[2]);
         b.set_peers(&[1]);
         let mut store = BackupStore::new(n);

@@ -352,7 +352,7 @@ fn trex_realistic_is_frame_mix() {
         let (dlo, dhi) = range(text(s, "dst"));
         for a in [lo, hi, dlo, dhi] {
             if text(s, "l3") == "ipv4" {
-                assert!(bench_v4(v4(a)), "{a} outside 198.18.0.0/15")
+                assert!(bench_v4(v4(a)), "{a} outside 198.18.0.0/15");
             } else {
                 let a: Ipv6Addr = a.parse().expect("IPv6 address");
                 assert!(doc_v6(a), "{a} outside 2001:db8::/32");

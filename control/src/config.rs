@@ -376,6 +376,8 @@ fn site_one() -> u8 {
     1
 }
 
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_site_one(s: &u8) -> bool {
     *s == 1
 }

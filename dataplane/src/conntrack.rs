@@ -182,6 +182,7 @@ impl Connection {
     }
 
     /// The same connection on another clock: it keeps the time it had left.
+    #[must_use]
     pub fn rebase(mut self, from_now_ms: u64, to_now_ms: u64) -> Self {
         self.entry.expires = to_now_ms + self.remaining_ms(from_now_ms);
         self
@@ -606,8 +607,8 @@ mod tests {
 
     #[test]
     fn tcp_handshake_data_and_close() {
-        let mut t = ConnTable::new(16, Timeouts::default());
         use flags::*;
+        let mut t = ConnTable::new(16, Timeouts::default());
         assert_eq!(
             t.track(&tcp(C, 5000, S, 80, SYN), 0, || true),
             Track::Created
@@ -644,8 +645,8 @@ mod tests {
 
     #[test]
     fn out_of_state_and_reset() {
-        let mut t = ConnTable::new(16, Timeouts::default());
         use flags::*;
+        let mut t = ConnTable::new(16, Timeouts::default());
         // An ACK, a SYN-ACK or a RST out of the blue opens nothing.
         for f in [ACK, SYN | ACK, RST, FIN] {
             assert_eq!(

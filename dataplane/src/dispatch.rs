@@ -358,6 +358,8 @@ impl Drop for Dispatcher {
     }
 }
 
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 fn work(
     i: usize,
     mut fwd: Forwarder,

@@ -6,7 +6,7 @@
 
 use std::{
     ffi::CString,
-    os::fd::AsRawFd,
+    os::fd::RawFd,
     path::{Path, PathBuf},
 };
 
@@ -174,7 +174,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: None,
-            links: Default::default(),
+            links: std::collections::HashMap::default(),
         })
     }
 
@@ -199,7 +199,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: Some(dir.to_path_buf()),
-            links: Default::default(),
+            links: std::collections::HashMap::default(),
         })
     }
 
@@ -381,9 +381,8 @@ impl Orchestrator {
         check_member(id)?;
         let mut bcast: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_BCAST)?;
         match bcast.remove(id) {
-            Ok(()) => Ok(()),
             // Not there: already removed.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -484,9 +483,9 @@ impl Member {
     }
 
     /// Points queue `queue`'s entry of the socket map at an AF_XDP socket.
-    pub fn register_socket(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), LoadError> {
+    pub fn register_socket(&mut self, queue: u32, fd: RawFd) -> Result<(), LoadError> {
         let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, names::XSKS)?;
-        xsks.set(queue, fd.as_raw_fd(), 0)?;
+        xsks.set(queue, fd, 0)?;
         Ok(())
     }
 

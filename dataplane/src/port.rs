@@ -453,6 +453,8 @@ pub const HOLD_TICK: Duration = Duration::from_micros(100);
 /// `cfg.queue .. cfg.queue + cfg.queues`, all served by this thread and `fwd`, so the two
 /// directions of a connection meet in one place whatever queue each arrives on. `ready` is
 /// called once every socket receives.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,

@@ -45,6 +45,8 @@ pub fn forwarder(table_size: usize) -> Forwarder {
 
 /// A member's data port on `iface` (`steer` and AF_XDP, default settings) served by `fwd`
 /// until `stop`; `ready` is set once it receives.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn serve(
     iface: &str,
     fwd: impl BatchProcessor,

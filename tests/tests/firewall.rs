@@ -57,7 +57,7 @@ fn run_streams(first: u8, count: u8, port: u16, mb: u64) -> Result<Vec<TcpReport
         NS_INT,
         &flows,
         Duration::from_secs(60),
-        Default::default(),
+        std::sync::Arc::default(),
     )
 }
 

@@ -133,8 +133,8 @@ fn summary(r: &ConnReport) -> String {
     )
 }
 
-pub fn run(a: ConnsArgs) -> anyhow::Result<()> {
-    let spec = spec(&a)?;
+pub fn run(a: &ConnsArgs) -> anyhow::Result<()> {
+    let spec = spec(a)?;
     let r = connections(&a.from, &a.to, &spec)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -33,7 +33,7 @@ pub struct DemoArgs {
     kill: u32,
 }
 
-pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(client: &Client, args: &DemoArgs) -> anyhow::Result<()> {
     // Whatever an earlier run left.
     lab::down()?;
     let exe = std::env::current_exe()?;

@@ -60,7 +60,7 @@ struct Report {
     gbps: f64,
 }
 
-pub fn run(args: GenArgs) -> anyhow::Result<()> {
+pub fn run(args: &GenArgs) -> anyhow::Result<()> {
     if !(1..=1_000_000).contains(&args.flows) {
         bail!("--flows must be 1..=1000000, not {}", args.flows);
     }

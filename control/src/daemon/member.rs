@@ -154,7 +154,7 @@ fn bucketer(group: &GroupConfig) -> Bucketer {
     })
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: &Options) -> anyhow::Result<()> {
     let config = Config::load(&opts.config)?;
     if opts.queues == 0 || opts.queues as usize > QUEUES_MAX {
         anyhow::bail!("--queues must be 1..={QUEUES_MAX}, not {}", opts.queues);
@@ -169,7 +169,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         })?
         .clone();
-    let sync = sync_setup(&opts, &group)?;
+    let sync = sync_setup(opts, &group)?;
     let mut programs = Member::load()?;
     programs.attach_steer(&opts.data_port, config.orchestrator.xdp_driver_mode)?;
 
@@ -292,7 +292,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     epoch,
                     ..Default::default()
                 },
-                s.key,
+                &s.key,
             );
             let engine = Engine::new(opts.id, endpoint, s.tap.bucketer.clone());
             let cfg = PortConfig {
@@ -357,7 +357,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let enforced = stats.policy_version.load(Ordering::Relaxed);
         if Instant::now() >= next {
             next += interval;
-            let n = current_workers(&worker_stats);
+            let n = current_workers(worker_stats.as_ref());
             let per_worker =
                 |pick: fn(&WorkerStats) -> &[std::sync::atomic::AtomicU64; WORKERS_MAX],
                  own: &std::sync::atomic::AtomicU64| {
@@ -464,10 +464,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 /// Workers running now (one when the port runs its forwarder itself).
-fn current_workers(stats: &Option<Arc<WorkerStats>>) -> usize {
-    stats
-        .as_ref()
-        .map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
+fn current_workers(stats: Option<&Arc<WorkerStats>>) -> usize {
+    stats.map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
 }
 
 /// Non-zero drop counters by reason name.

@@ -457,9 +457,8 @@ mod tests {
         match sliced.transport {
             Some(etherparse::TransportSlice::Icmpv6(icmp)) => {
                 assert_eq!(icmp.type_u8(), 135);
-                let ip = match sliced.net {
-                    Some(etherparse::NetSlice::Ipv6(ip)) => ip,
-                    _ => panic!("not ipv6"),
+                let Some(etherparse::NetSlice::Ipv6(ip)) = sliced.net else {
+                    panic!("not ipv6")
                 };
                 let expected = icmp
                     .icmp_type()

@@ -61,6 +61,8 @@ pub struct SyncParts {
 
 /// Runs the sync port until `stop`: frames in → engine → frames out, new bucket tables
 /// from `views`, figures published to `report` a few times a second.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,

@@ -3,6 +3,7 @@
 //! lab namespaces, so deleting the namespaces removes every link and bridge; `down` also
 //! kills the lab's processes and removes its state directory, whatever state `up` left.
 
+use std::fmt::Write as _;
 use std::{
     fs,
     net::Ipv4Addr,
@@ -67,6 +68,8 @@ pub fn ns_sgm(k: u32) -> String {
 /// Options of `baton lab up` (kept in the state directory as [`OPTIONS_FILE`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Each bool is an independent switch of `baton lab up`.
+#[allow(clippy::struct_excessive_bools)]
 pub struct LabOptions {
     pub sgms: u32,
     pub sync: bool,
@@ -317,18 +320,21 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
         )?;
         let mut batch = String::new();
         for h in 1..=HOSTS_PER_SIDE {
-            batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
-            batch.push_str(&format!(
-                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"
-            ));
+            let _ = writeln!(batch, "address add 198.{side}.0.{h}/24 dev {host_if}");
+            let _ = writeln!(
+                batch,
+                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad"
+            );
         }
         let other = if side == 18 { 19 } else { 18 };
-        batch.push_str(&format!(
-            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"
-        ));
-        batch.push_str(&format!(
-            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"
-        ));
+        let _ = writeln!(
+            batch,
+            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}"
+        );
+        let _ = writeln!(
+            batch,
+            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}"
+        );
         let file = state.join(format!("{host_ns}.batch"));
         fs::write(&file, batch)?;
         ip(&["-n", host_ns, "-batch", file.to_str().unwrap()])?;
@@ -510,7 +516,10 @@ pub fn kill_member(k: u32) -> Result<usize, LabError> {
 fn random_key() -> Result<String, LabError> {
     let mut key = [0u8; 32];
     fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
-    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(key.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 /// Writes a file only its owner can read.
@@ -598,7 +607,7 @@ fn log_tails() -> String {
     for p in logs {
         let text = fs::read_to_string(&p).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
-        out.push_str(&format!("--- {}\n", p.display()));
+        let _ = writeln!(out, "--- {}", p.display());
         for l in tail.iter().rev() {
             out.push_str(l);
             out.push('\n');

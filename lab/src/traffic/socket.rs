@@ -126,7 +126,7 @@ pub(super) fn connect_bounded(
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
             // SAFETY: `p` is one live pollfd, and the count passed is 1.
             match unsafe { libc::poll(&raw mut p, 1, ms) } {
-                0 => continue,
+                0 => {}
                 r if r < 0 => {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::Interrupted {

@@ -177,7 +177,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(mut cfg: Config, key: GroupKey) -> Self {
+    pub fn new(mut cfg: Config, key: &GroupKey) -> Self {
         cfg.window = cfg.window.max(1);
         cfg.queue_max = cfg.queue_max.max(1);
         let mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes keys of any length");
