@@ -65,14 +65,14 @@ fn conntrack_lookup(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) & mask;
             black_box(table.state(&packets[order[i]], 2))
-        })
+        });
     });
     g.bench_function(BASELINE, |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) & mask;
             black_box(map.get(&five_tuple(&packets[order[i]])))
-        })
+        });
     });
     g.finish();
 }
@@ -115,7 +115,7 @@ fn conntrack_insert(c: &mut Criterion) {
                     black_box(t.track(p, 1, || true));
                 },
             )
-        })
+        });
     });
     g.bench_function(BASELINE, |b| {
         b.iter_custom(|iters| {
@@ -132,7 +132,7 @@ fn conntrack_insert(c: &mut Criterion) {
                     black_box(m.insert(five_tuple(p), 1));
                 },
             )
-        })
+        });
     });
     g.finish();
 }
@@ -147,7 +147,7 @@ fn endpoint(me: u32, peer: u32) -> Endpoint {
             epoch: 1,
             ..Config::default()
         },
-        GroupKey([0x42; 32]),
+        &GroupKey([0x42; 32]),
     );
     e.set_peers(&[peer]);
     e
@@ -199,10 +199,10 @@ fn sync_encode(c: &mut Criterion) {
             || endpoint(SENDER, RECEIVER),
             |s| encode(s, &recs, now),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.bench_function(BASELINE, |b| {
-        b.iter_batched_ref(|| (), |_| copy_records(&flat), BatchSize::SmallInput)
+        b.iter_batched_ref(|| (), |()| copy_records(&flat), BatchSize::SmallInput);
     });
     g.finish();
 }
@@ -233,18 +233,18 @@ fn sync_decode(c: &mut Criterion) {
             || endpoint(RECEIVER, SENDER),
             |r| r.receive(&frame, now),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.bench_function(BASELINE, |b| {
         b.iter_batched_ref(
             || (),
-            |_| {
+            |()| {
                 body.chunks_exact(RECORD_LEN)
                     .map(|c| (SENDER, <Record>::try_from(c).expect("48 bytes")))
                     .collect::<Vec<_>>()
             },
             BatchSize::SmallInput,
-        )
+        );
     });
     g.finish();
 }
@@ -285,7 +285,7 @@ fn forwarder(c: &mut Criterion) {
             let v = fwd.process(&mut buf, now, &mut out);
             out.clear();
             black_box(v)
-        })
+        });
     });
     g.bench_function(BASELINE, |b| {
         b.iter(|| {
@@ -293,7 +293,7 @@ fn forwarder(c: &mut Criterion) {
             let v = MacSwap.process(&mut buf, now, &mut out);
             out.clear();
             black_box(v)
-        })
+        });
     });
     g.finish();
 }
@@ -315,14 +315,14 @@ fn flow_hash_group(c: &mut Criterion) {
             i = (i + 1) & mask;
             let (a, d, pa, pd) = black_box(flows[i]);
             flow_hash(a, d, pa, pd)
-        })
+        });
     });
     g.bench_function(BASELINE, |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) & mask;
             hasher.hash_one(black_box(flows[i]))
-        })
+        });
     });
     g.finish();
 }

@@ -73,8 +73,8 @@ pub fn failover(
     let client = Client::new(default_api_socket());
     let config =
         baton_control::config::Config::load(&PathBuf::from(lab::STATE_DIR).join("baton.toml"))?;
-    let dead_ms =
-        (config.orchestrator.heartbeat_interval_ms * config.orchestrator.dead_count as u64) as f64;
+    let dead_ms = (config.orchestrator.heartbeat_interval_ms
+        * u64::from(config.orchestrator.dead_count)) as f64;
     let pace = Pace {
         chunk: 1024,
         gap: Duration::from_millis(10),
@@ -237,7 +237,7 @@ pub fn timeline(
         match prev {
             Some((px, pb)) if x - px >= 50.0 => {
                 let mbps = (bytes - pb) as f64 * 8.0 / ((x - px) / 1e3) / 1e6;
-                points.push(((px + x) / 2.0, mbps));
+                points.push((f64::midpoint(px, x), mbps));
                 prev = Some((x, bytes));
             }
             None => prev = Some((x, bytes)),
@@ -367,10 +367,7 @@ pub fn records(n: usize) -> anyhow::Result<Figure> {
             epoch: 1,
             ..Default::default()
         };
-        let (mut a, mut b) = (
-            Endpoint::new(cfg(1), key.clone()),
-            Endpoint::new(cfg(2), key),
-        );
+        let (mut a, mut b) = (Endpoint::new(cfg(1), &key), Endpoint::new(cfg(2), &key));
         a.set_peers(&[2]);
         b.set_peers(&[1]);
         let mut store = BackupStore::new(n);

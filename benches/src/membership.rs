@@ -35,14 +35,15 @@ pub(crate) fn release_baton() -> anyhow::Result<PathBuf> {
 
 /// The `baton` binary the lab's daemons run (release build, or BATON_BIN).
 fn baton_exe() -> PathBuf {
-    std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    std::env::var_os("BATON_BIN").map_or_else(
+        || {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../target/release/baton"
             ))
-        })
+        },
+        PathBuf::from,
+    )
 }
 
 /// Member `id`'s state in a stat document.
@@ -67,8 +68,8 @@ pub fn detection(kills: usize) -> anyhow::Result<(Figure, Figure)> {
     let client = Client::new(default_api_socket());
     let config =
         baton_control::config::Config::load(&PathBuf::from(lab::STATE_DIR).join("baton.toml"))?;
-    let dead_ms =
-        (config.orchestrator.heartbeat_interval_ms * config.orchestrator.dead_count as u64) as f64;
+    let dead_ms = (config.orchestrator.heartbeat_interval_ms
+        * u64::from(config.orchestrator.dead_count)) as f64;
     let mut detect = Vec::new();
     let mut election = Vec::new();
     for i in 0..kills {

@@ -1,5 +1,6 @@
 //! Figures and the JSON report.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -22,12 +23,12 @@ pub struct Figure {
 /// Median, min and max of `v` (not empty).
 pub fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let mid = s.len() / 2;
     let median = if s.len() % 2 == 1 {
         s[mid]
     } else {
-        (s[mid - 1] + s[mid]) / 2.0
+        f64::midpoint(s[mid - 1], s[mid])
     };
     (median, s[0], s[s.len() - 1])
 }
@@ -74,8 +75,9 @@ pub fn markdown(reports: &[(String, Vec<Figure>)]) -> String {
     );
     for (bench, figures) in reports {
         for f in figures {
-            s += &format!(
-                "| {bench} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} |\n",
+            let _ = writeln!(
+                s,
+                "| {bench} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {} |",
                 f.name,
                 f.unit,
                 f.median,
@@ -128,13 +130,17 @@ pub fn write_summary() -> anyhow::Result<PathBuf> {
     let mut plots: Vec<String> = std::fs::read_dir(&dir)?
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".svg"))
+        // The bench writes these files itself, named in lower case.
+        .filter(|n| {
+            #[allow(clippy::case_sensitive_file_extension_comparisons)]
+            n.ends_with(".svg")
+        })
         .collect();
     plots.sort();
     if !plots.is_empty() {
         md += "\n## Plots\n\n";
         for p in plots {
-            md += &format!("![{p}]({p})\n\n");
+            let _ = write!(md, "![{p}]({p})\n\n");
         }
     }
     let path = dir.join("summary.md");

@@ -45,7 +45,8 @@ fn thread_cpu_ns(tid: i32) -> Option<u64> {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+    // SAFETY: `ts` is a live, writable timespec for the call; a bad clock id only makes it fail.
+    (unsafe { libc::clock_gettime(clock, &raw mut ts) } == 0)
         .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
@@ -121,7 +122,7 @@ pub fn round(members: u32, workers: usize, frames: u32, flows: u32) -> anyhow::R
     let deadline = Instant::now() + Duration::from_secs(5);
     while !readies.iter().all(|r| r.load(Ordering::Acquire))
         && Instant::now() < deadline
-        && !threads.iter().any(|t| t.is_finished())
+        && !threads.iter().any(std::thread::JoinHandle::is_finished)
     {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -206,9 +207,9 @@ impl Model {
     /// measurement: it assumes the NICs, the orchestrator and the traffic spread are not the
     /// limit.
     pub fn predict(&self, members: u32, cores: u32) -> f64 {
-        let per_member = self.core_mpps * cores as f64 * self.worker_efficiency;
+        let per_member = self.core_mpps * f64::from(cores) * self.worker_efficiency;
         let efficiency = (1.0 - self.member_cost.max(0.0)).powi(members as i32 - 1);
-        per_member * members as f64 * efficiency
+        per_member * f64::from(members) * efficiency
     }
 }
 
@@ -254,7 +255,7 @@ pub fn run(size: Size, quick: bool) -> anyhow::Result<Vec<Figure>> {
         &cpu(first),
         &format!("member CPU per packet, {max} members vs 1 (baseline); flat = adding members costs nothing"),
     );
-    let member_cost = members_cpu.ratio.powf(1.0 / (max - 1) as f64) - 1.0;
+    let member_cost = members_cpu.ratio.powf(1.0 / f64::from(max - 1)) - 1.0;
     let cost = figure(
         "scaling_cost_per_member_pct",
         "percent",
@@ -333,12 +334,14 @@ pub fn run(size: Size, quick: bool) -> anyhow::Result<Vec<Figure>> {
             lines: vec![
                 Line {
                     label: "model with the measured costs".into(),
-                    points: (1..=28).map(|n| (n as f64, model.predict(n, 16))).collect(),
+                    points: (1..=28)
+                        .map(|n| (f64::from(n), model.predict(n, 16)))
+                        .collect(),
                 },
                 Line {
                     label: "linear (no cost per member or worker)".into(),
                     points: (1..=28)
-                        .map(|n| (n as f64, linear.predict(n, 16)))
+                        .map(|n| (f64::from(n), linear.predict(n, 16)))
                         .collect(),
                 },
             ],
@@ -386,6 +389,7 @@ mod tests {
 
     #[test]
     fn this_threads_cpu_clock_reads() {
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
         let tid = unsafe { libc::gettid() };
         let a = thread_cpu_ns(tid).expect("own CPU clock");
         let mut x = 0u64;

@@ -76,8 +76,8 @@ pub fn throughput_vs_flows(size: Size, quick: bool) -> anyhow::Result<Figure> {
             summary(&o).0,
             summary(&b).0
         );
-        ours.push((flows as f64, o));
-        base.push((flows as f64, b));
+        ours.push((f64::from(flows), o));
+        base.push((f64::from(flows), b));
     }
     let line = |label: &str, v: &[(f64, Vec<f64>)]| Line {
         label: label.into(),

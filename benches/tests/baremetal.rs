@@ -77,7 +77,7 @@ fn devices(cmds: &[(String, String)]) -> Vec<(String, String)> {
     cmds.iter()
         .filter_map(|(f, c)| {
             c.strip_prefix("add_device ")
-                .map(|d| (f.to_string(), d.to_string()))
+                .map(|d| (f.clone(), d.to_string()))
         })
         .collect()
 }
@@ -351,12 +351,11 @@ fn trex_realistic_is_frame_mix() {
         let (lo, hi) = range(text(s, "src"));
         let (dlo, dhi) = range(text(s, "dst"));
         for a in [lo, hi, dlo, dhi] {
-            match text(s, "l3") {
-                "ipv4" => assert!(bench_v4(v4(a)), "{a} outside 198.18.0.0/15"),
-                _ => {
-                    let a: Ipv6Addr = a.parse().expect("IPv6 address");
-                    assert!(doc_v6(a), "{a} outside 2001:db8::/32");
-                }
+            if text(s, "l3") == "ipv4" {
+                assert!(bench_v4(v4(a)), "{a} outside 198.18.0.0/15");
+            } else {
+                let a: Ipv6Addr = a.parse().expect("IPv6 address");
+                assert!(doc_v6(a), "{a} outside 2001:db8::/32");
             }
         }
         let (plo, phi) = range(text(s, "sport"));

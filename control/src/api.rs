@@ -304,9 +304,10 @@ impl Client {
             }
         })?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            let message = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
+                |_| String::from_utf8_lossy(&bytes).into_owned(),
+                |e| e.error,
+            );
             return Err(ApiError::Status {
                 status: status.as_u16(),
                 message,

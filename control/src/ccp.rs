@@ -186,7 +186,7 @@ impl TableUpdate {
             version: self.version,
             buckets: bytes
                 .chunks_exact(2)
-                .map(|c| (c[0] as u32, c[1] as u32))
+                .map(|c| (u32::from(c[0]), u32::from(c[1])))
                 .collect(),
             extra,
             peers,
@@ -198,7 +198,7 @@ impl TableUpdate {
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.trim().split(':');
-    for b in mac.iter_mut() {
+    for b in &mut mac {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)

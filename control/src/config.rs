@@ -315,7 +315,7 @@ impl Config {
 
     /// Removes member `id`; returns its group and downlink.
     pub fn remove_member(&mut self, id: u32) -> Result<(u32, String), ConfigError> {
-        for g in self.groups.iter_mut() {
+        for g in &mut self.groups {
             if let Some(i) = g.members.iter().position(|m| m.id == id) {
                 let m = g.members.remove(i);
                 return Ok((g.id, m.downlink));
@@ -376,6 +376,8 @@ fn site_one() -> u8 {
     1
 }
 
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_site_one(s: &u8) -> bool {
     *s == 1
 }

@@ -4,6 +4,7 @@
 //! its snapshot and log this way (`cluster::store`); [`State`] is the format an older
 //! orchestrator wrote, read once to import it.
 
+use std::fmt::Write as _;
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -51,8 +52,10 @@ fn previous(path: &Path) -> PathBuf {
 fn digest(body: &[u8]) -> String {
     Sha256::digest(body)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Writes `state` to `path` atomically; the file it replaces becomes the previous copy.

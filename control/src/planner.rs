@@ -26,7 +26,7 @@ pub fn rebalance(table: &[Bucket], active: &[u32]) -> Vec<Bucket> {
         return vec![Bucket::default(); t.len()];
     }
     // Buckets of members that left go to their backup when it is still here.
-    for b in t.iter_mut() {
+    for b in &mut t {
         if !members.contains(&b.active) {
             b.active = if members.contains(&b.backup) {
                 b.backup
@@ -45,14 +45,14 @@ pub fn rebalance(table: &[Bucket], active: &[u32]) -> Vec<Bucket> {
         }
     }
     // Members over their target give up their highest buckets.
-    for (m, v) in owned.iter_mut() {
+    for (m, v) in &mut owned {
         while v.len() > targets[m] {
             free.push(v.pop().unwrap());
         }
     }
     free.sort_unstable();
     let mut free = free.into_iter();
-    for (m, v) in owned.iter_mut() {
+    for (m, v) in &mut owned {
         while v.len() < targets[m] {
             let i = free.next().expect("targets add up to the bucket count");
             t[i].active = *m;
@@ -224,7 +224,7 @@ mod tests {
             let ids: Vec<u32> = (1..=n).collect();
             let t = plan(&ids, bsz);
             check_balanced(&t, &ids);
-            let slack = (0.01 * bsz as f64).ceil() as usize;
+            let slack = (0.01 * f64::from(bsz)).ceil() as usize;
             // Join: at most B/N' + 1% move.
             let mut more = ids.clone();
             more.push(n + 1);

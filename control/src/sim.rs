@@ -313,7 +313,7 @@ impl Sim {
         Ok(self.report)
     }
 
-    fn note(&mut self, s: String) {
+    fn note(&mut self, s: &str) {
         if self.trace.len() > 200 {
             self.trace.drain(..100);
         }
@@ -349,7 +349,7 @@ impl Sim {
                     .map_or(m.group, |r| r.group);
                 *m = SimMember::new(*id, group, ready);
                 m.next_heartbeat = now;
-                self.note(format!("member {id} restarts"));
+                self.note(&format!("member {id} restarts"));
             }
             let m = self.members.get_mut(id).expect("member");
             if m.up && now >= m.next_heartbeat {
@@ -411,15 +411,15 @@ impl Sim {
             0..=14 if m.up => {
                 m.up = false;
                 m.restart_at = now + Duration::from_millis(200 + self.rng.below(3_000));
-                self.note(format!("member {id} killed"));
+                self.note(&format!("member {id} killed"));
             }
             15..=39 => {
                 m.sync_cut_until = now + Duration::from_millis(500 + self.rng.below(5_000));
-                self.note(format!("member {id}: sync link cut"));
+                self.note(&format!("member {id}: sync link cut"));
             }
             40..=49 => {
                 m.mgmt_cut_until = now + Duration::from_millis(50 + self.rng.below(600));
-                self.note(format!("member {id}: management link cut"));
+                self.note(&format!("member {id}: management link cut"));
             }
             50..=54 => self.request(Op::Detach { member: id }),
             55..=69 => self.request(Op::Attach { member: id }),
@@ -463,7 +463,7 @@ impl Sim {
 
     fn request(&mut self, op: Op) {
         self.next_request += 1;
-        self.note(format!("request {op:?}"));
+        self.note(&format!("request {op:?}"));
         let out = self.cluster.handle(
             self.t0 + self.now,
             Input::Request {
@@ -487,11 +487,11 @@ impl Sim {
                         Command::Lost { .. } => self.report.failures += 1,
                         Command::PolicyEnd { .. } => self.report.policies += 1,
                         Command::Add { .. } | Command::Remove { .. } | Command::Move { .. } => {
-                            self.report.registry += 1
+                            self.report.registry += 1;
                         }
                         _ => {}
                     }
-                    self.note(format!("log {}: {:?}", e.index, e.command));
+                    self.note(&format!("log {}: {:?}", e.index, e.command));
                     last = Some(e.command);
                 }
                 Output::Table { group, buckets } => {
@@ -511,7 +511,7 @@ impl Sim {
                         self.to_members.push((at, ack));
                     }
                 }
-                Output::Reply { id, result } => self.note(format!("reply {id}: {result:?}")),
+                Output::Reply { id, result } => self.note(&format!("reply {id}: {result:?}")),
                 Output::Port { .. }
                 | Output::DownlinkDetach { .. }
                 | Output::DownlinkGroup { .. }
@@ -647,6 +647,8 @@ impl Sim {
         Ok(())
     }
 
+    // The answer is delivered, as a message is, by value.
+    #[allow(clippy::needless_pass_by_value)]
     fn member_answer(&mut self, ack: HeartbeatAck) {
         let id = ack.member;
         let Some(m) = self.members.get_mut(&id) else {
@@ -670,7 +672,7 @@ impl Sim {
                     m.up = false;
                     m.restart_at = self.now + Duration::from_millis(100);
                     m.group = to;
-                    self.note(format!("member {id} moved to group {to}: restarts"));
+                    self.note(&format!("member {id} moved to group {to}: restarts"));
                     return;
                 }
                 AgentAction::Workers(_) | AgentAction::Role { .. } => {}

@@ -26,7 +26,7 @@ pub fn tasks_for(member: u32, state: MemberState, master: Option<u32>) -> Vec<St
         .iter()
         .filter(|_| smo)
         .chain(DISTRIBUTED_TASKS.iter())
-        .map(|t| t.to_string())
+        .map(std::string::ToString::to_string)
         .collect()
 }
 

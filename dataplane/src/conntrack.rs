@@ -182,6 +182,7 @@ impl Connection {
     }
 
     /// The same connection on another clock: it keeps the time it had left.
+    #[must_use]
     pub fn rebase(mut self, from_now_ms: u64, to_now_ms: u64) -> Self {
         self.entry.expires = to_now_ms + self.remaining_ms(from_now_ms);
         self
@@ -236,7 +237,7 @@ impl Connection {
         if (key.lo, key.lo_port) > (key.hi, key.hi_port) || r[2] > 1 || r[3] > 3 {
             return None;
         }
-        let ttl = u32::from_be_bytes([r[12], r[13], r[14], r[15]]) as u64;
+        let ttl = u64::from(u32::from_be_bytes([r[12], r[13], r[14], r[15]]));
         Some((
             op,
             Connection {
@@ -374,33 +375,29 @@ impl ConnTable {
             let e = self.map[i];
             if e.expires > now_ms {
                 let from_initiator = forward == e.initiator_lo;
-                match self.advance(e, p, forward, from_initiator, now_ms) {
-                    Some(mut next) => {
-                        if self.journal.is_some() {
-                            let now_s = (now_ms / 1000) as u32;
-                            let refresh = (self.timeout(next.state, p.proto) / 3000) as u32;
-                            if next.state != e.state
-                                || now_s.saturating_sub(e.synced_s) > refresh.max(1)
-                            {
-                                next.synced_s = now_s;
-                                let first_reply = matches!(
-                                    (e.state, next.state),
-                                    (State::SynSent, State::SynReceived)
-                                        | (State::Open, State::Replied)
-                                );
-                                self.note(RecordOp::Upsert, k, next, first_reply);
-                            }
+                if let Some(mut next) = self.advance(e, p, forward, from_initiator, now_ms) {
+                    if self.journal.is_some() {
+                        let now_s = (now_ms / 1000) as u32;
+                        let refresh = (self.timeout(next.state, p.proto) / 3000) as u32;
+                        if next.state != e.state
+                            || now_s.saturating_sub(e.synced_s) > refresh.max(1)
+                        {
+                            next.synced_s = now_s;
+                            let first_reply = matches!(
+                                (e.state, next.state),
+                                (State::SynSent, State::SynReceived)
+                                    | (State::Open, State::Replied)
+                            );
+                            self.note(RecordOp::Upsert, k, next, first_reply);
                         }
-                        self.map[i] = next;
-                        return Track::Existing(next.state);
                     }
-                    None => {
-                        self.note(RecordOp::Delete, k, e, false);
-                        self.remove(i);
-                        self.counters.closed += 1;
-                        return Track::Existing(State::TimeWait);
-                    }
+                    self.map[i] = next;
+                    return Track::Existing(next.state);
                 }
+                self.note(RecordOp::Delete, k, e, false);
+                self.remove(i);
+                self.counters.closed += 1;
+                return Track::Existing(State::TimeWait);
             }
             self.remove(i);
             self.counters.expired += 1;
@@ -610,8 +607,8 @@ mod tests {
 
     #[test]
     fn tcp_handshake_data_and_close() {
-        let mut t = ConnTable::new(16, Timeouts::default());
         use flags::*;
+        let mut t = ConnTable::new(16, Timeouts::default());
         assert_eq!(
             t.track(&tcp(C, 5000, S, 80, SYN), 0, || true),
             Track::Created
@@ -648,8 +645,8 @@ mod tests {
 
     #[test]
     fn out_of_state_and_reset() {
-        let mut t = ConnTable::new(16, Timeouts::default());
         use flags::*;
+        let mut t = ConnTable::new(16, Timeouts::default());
         // An ACK, a SYN-ACK or a RST out of the blue opens nothing.
         for f in [ACK, SYN | ACK, RST, FIN] {
             assert_eq!(

@@ -220,7 +220,7 @@ impl BatchProcessor for Dispatcher {
         out: &mut Vec<Vec<u8>>,
     ) {
         let n = self.workers.len();
-        for p in self.parts.iter_mut() {
+        for p in &mut self.parts {
             p.clear();
         }
         let mut copies = Vec::new();
@@ -328,7 +328,7 @@ impl BatchProcessor for Dispatcher {
         let mut moved = 0;
         for (i, mut f) in old.into_iter().enumerate() {
             for (ip, mac) in f.resolved_neighbours() {
-                for g in new.iter_mut() {
+                for g in &mut new {
                     g.add_neighbour(ip, mac);
                 }
             }
@@ -344,7 +344,7 @@ impl BatchProcessor for Dispatcher {
                 }
             }
         }
-        for f in new.iter_mut() {
+        for f in &mut new {
             f.set_policy(self.policy.clone());
         }
         self.start(new).map_err(|e| e.to_string())?;
@@ -358,6 +358,8 @@ impl Drop for Dispatcher {
     }
 }
 
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 fn work(
     i: usize,
     mut fwd: Forwarder,
@@ -382,7 +384,7 @@ fn work(
                 umem,
                 now,
             } => {
-                for d in descs.iter_mut() {
+                for d in &mut descs {
                     // SAFETY: the dispatcher gave this frame to this worker alone.
                     let mut data = unsafe { umem.data_mut(d) };
                     bytes += data.contents().len() as u64;

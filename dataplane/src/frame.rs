@@ -34,10 +34,10 @@ pub fn set_macs(f: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
 pub fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
     }
     if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
+        sum += u32::from(*last) << 8;
     }
     sum
 }
@@ -124,7 +124,7 @@ fn icmpv6_frame(
 ) -> Vec<u8> {
     let mut sum = sum_words(0, &src.octets());
     sum = sum_words(sum, &dst.octets());
-    sum += msg.len() as u32 + IPPROTO_ICMPV6 as u32;
+    sum += msg.len() as u32 + u32::from(IPPROTO_ICMPV6);
     msg[2] = 0;
     msg[3] = 0;
     sum = sum_words(sum, msg);
@@ -196,7 +196,7 @@ pub fn neighbour_solicitation(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> 
         0,
         0,
         1,
-        0xff00 | t[13] as u16,
+        0xff00 | u16::from(t[13]),
         u16::from_be_bytes([t[14], t[15]]),
     ]);
     let mut msg = [0u8; 32];

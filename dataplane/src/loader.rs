@@ -6,7 +6,7 @@
 
 use std::{
     ffi::CString,
-    os::fd::AsRawFd,
+    os::fd::RawFd,
     path::{Path, PathBuf},
 };
 
@@ -30,6 +30,7 @@ pub static EBPF_OBJECT: &[u8] =
 /// Interface index of `name`, or a clear error.
 pub fn ifindex(name: &str) -> Result<u32, LoadError> {
     let c = CString::new(name).map_err(|_| LoadError::NoSuchInterface(name.to_string()))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if idx == 0 {
         return Err(LoadError::NoSuchInterface(name.to_string()));
@@ -43,6 +44,7 @@ fn load_object() -> Result<Ebpf, LoadError> {
 
 /// Loads an eBPF object (its maps created; its programs load when first used). Needs root.
 pub fn load(object: &[u8]) -> Result<Ebpf, LoadError> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
@@ -172,7 +174,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: None,
-            links: Default::default(),
+            links: std::collections::HashMap::default(),
         })
     }
 
@@ -197,7 +199,7 @@ impl Orchestrator {
                 XdpMode::Default
             },
             pins: Some(dir.to_path_buf()),
-            links: Default::default(),
+            links: std::collections::HashMap::default(),
         })
     }
 
@@ -379,9 +381,8 @@ impl Orchestrator {
         check_member(id)?;
         let mut bcast: DevMapHash<&mut MapData> = map(&mut self.ebpf, names::MEMBER_BCAST)?;
         match bcast.remove(id) {
-            Ok(()) => Ok(()),
             // Not there: already removed.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -482,9 +483,9 @@ impl Member {
     }
 
     /// Points queue `queue`'s entry of the socket map at an AF_XDP socket.
-    pub fn register_socket(&mut self, queue: u32, fd: impl AsRawFd) -> Result<(), LoadError> {
+    pub fn register_socket(&mut self, queue: u32, fd: RawFd) -> Result<(), LoadError> {
         let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, names::XSKS)?;
-        xsks.set(queue, fd.as_raw_fd(), 0)?;
+        xsks.set(queue, fd, 0)?;
         Ok(())
     }
 

@@ -110,12 +110,11 @@ fn range(s: &str) -> Result<(u16, u16), String> {
             .parse::<u16>()
             .map_err(|_| format!("{p:?} is not a port (0-65535)"))
     };
-    let (lo, hi) = match s.split_once('-') {
-        Some((a, b)) => (parse(a)?, parse(b)?),
-        None => {
-            let p = parse(s)?;
-            (p, p)
-        }
+    let (lo, hi) = if let Some((a, b)) = s.split_once('-') {
+        (parse(a)?, parse(b)?)
+    } else {
+        let p = parse(s)?;
+        (p, p)
     };
     if lo > hi {
         return Err(format!("port range {s:?} is empty (low > high)"));
@@ -186,7 +185,7 @@ impl Policy {
             let sport = r.sport.as_deref().map(range).transpose().map_err(err)?;
             let dport = r.dport.as_deref().map(range).transpose().map_err(err)?;
             if (sport.is_some() || dport.is_some())
-                && !matches!(proto, Some(IPPROTO_TCP) | Some(IPPROTO_UDP))
+                && !matches!(proto, Some(IPPROTO_TCP | IPPROTO_UDP))
             {
                 return Err(err("ports need proto = \"tcp\" or \"udp\"".into()));
             }

@@ -127,7 +127,7 @@ impl<H: FrameHandler> BatchProcessor for H {
         }
     }
     fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        FrameHandler::tick(self, now, out)
+        FrameHandler::tick(self, now, out);
     }
     fn dropped_held(&self) -> [u64; DropReason::COUNT] {
         FrameHandler::dropped_held(self)
@@ -226,7 +226,7 @@ fn busy_poll(fd: i32, budget: u32) -> Result<(), PortError> {
                 fd,
                 libc::SOL_SOCKET,
                 opt,
-                &value as *const i32 as *const libc::c_void,
+                (&raw const value).cast::<libc::c_void>(),
                 std::mem::size_of::<i32>() as u32,
             )
         };
@@ -313,6 +313,7 @@ impl QueueSocket {
         // Half the frames wait in the fill ring for packets; the other half are free for
         // frames we originate (ARP/ND, released frames).
         let (to_fill, free) = descs.split_at(cfg.ring as usize);
+        // SAFETY: the descriptors are fresh frames of this socket's own UMEM, in no ring yet.
         let filled = unsafe { fq.produce(to_fill) };
         if filled != to_fill.len() {
             return Err(PortError::Config(format!(
@@ -338,8 +339,10 @@ impl QueueSocket {
 
     /// Takes back the frames the kernel finished sending, then receives a batch.
     pub(crate) fn receive(&mut self) -> usize {
+        // SAFETY: `comp` is ours to overwrite; the frames it gets back are of this socket's UMEM.
         let n = unsafe { self.cq.consume(&mut self.comp) };
         self.free.extend_from_slice(&self.comp[..n]);
+        // SAFETY: `batch` is ours to overwrite; the frames it receives are of this socket's UMEM.
         unsafe { self.rx.consume(&mut self.batch) }
     }
 
@@ -349,6 +352,8 @@ impl QueueSocket {
             return false;
         };
         {
+            // SAFETY: `desc` came off the free list: a frame of this UMEM that no ring holds, so
+            // the kernel does not touch it.
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
             let mut cur = data.cursor();
             cur.set_pos(0);
@@ -366,6 +371,8 @@ impl QueueSocket {
     pub(crate) fn flush(&mut self, ring: usize) -> Result<usize, PortError> {
         let mut full = 0;
         if !self.send.is_empty() {
+            // SAFETY: the frames in `send` are of this UMEM and in no other ring; they stay ours
+            // until completion.
             let sent = unsafe { self.tx.produce_and_wakeup(&self.send)? };
             if sent < self.send.len() {
                 // TX ring full: give the frames back rather than wait.
@@ -377,6 +384,8 @@ impl QueueSocket {
             self.tx.wakeup()?;
         }
         if !self.recycle.is_empty() {
+            // SAFETY: the frames in `recycle` are of this UMEM and in no ring (released by the
+            // forwarder, or refused by the TX ring).
             if unsafe { self.fq.produce(&self.recycle) } == 0 {
                 self.free.extend_from_slice(&self.recycle);
             }
@@ -387,6 +396,8 @@ impl QueueSocket {
             let want = self.fq.nb_free(spare as u32) as usize;
             if want > 0 {
                 let at = self.free.len() - want.min(spare);
+                // SAFETY: the frames on the free list are of this UMEM and in no ring; those taken
+                // are dropped from it.
                 if unsafe { self.fq.produce(&self.free[at..]) } > 0 {
                     self.free.truncate(at);
                 }
@@ -414,14 +425,14 @@ pub(crate) fn poll_all(sockets: &mut [QueueSocket], timeout: Duration) -> Result
     // ppoll, not poll: timeouts below a millisecond (see HOLD_TICK).
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
     };
     // SAFETY: ppoll on fds we own, with the right length; no signal mask.
     let rc = unsafe {
         libc::ppoll(
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
-            &ts,
+            &raw const ts,
             std::ptr::null(),
         )
     };
@@ -442,6 +453,8 @@ pub const HOLD_TICK: Duration = Duration::from_micros(100);
 /// `cfg.queue .. cfg.queue + cfg.queues`, all served by this thread and `fwd`, so the two
 /// directions of a connection meet in one place whatever queue each arrives on. `ready` is
 /// called once every socket receives.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,
@@ -540,7 +553,7 @@ pub fn run(
                 stats.tx_full.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for sock in sockets.iter_mut() {
+        for sock in &mut sockets {
             let full = sock.flush(cfg.ring as usize)?;
             if full > 0 {
                 stats.tx_full.fetch_add(full as u64, Ordering::Relaxed);

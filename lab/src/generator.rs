@@ -32,7 +32,7 @@ const BATCH: u32 = 256;
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

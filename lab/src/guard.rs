@@ -16,6 +16,7 @@ impl LabGuard {
     }
 
     /// Also says on stdout that the lab was torn down (the demo's last line).
+    #[must_use]
     pub fn reporting(self) -> Self {
         Self { report: true }
     }

@@ -45,6 +45,8 @@ pub fn forwarder(table_size: usize) -> Forwarder {
 
 /// A member's data port on `iface` (`steer` and AF_XDP, default settings) served by `fwd`
 /// until `stop`; `ready` is set once it receives.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn serve(
     iface: &str,
     fwd: impl BatchProcessor,
@@ -60,7 +62,7 @@ pub fn serve(
         ..Default::default()
     };
     port::run(&cfg, &mut member, fwd, stats, stop, rx, || {
-        ready.store(true, Ordering::Release)
+        ready.store(true, Ordering::Release);
     })?;
     Ok(())
 }
@@ -150,7 +152,7 @@ pub fn unpin() {
         for cpu in 0..libc::CPU_SETSIZE as usize {
             libc::CPU_SET(cpu, &mut set);
         }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
     }
 }
 
@@ -160,7 +162,7 @@ mod tests {
         // SAFETY: as in unpin.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set);
             libc::CPU_COUNT(&set) as usize
         }
     }

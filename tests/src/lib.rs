@@ -11,14 +11,15 @@ use serde_json::Value;
 
 /// The `baton` binary under test (`cargo xtask test` sets BATON_BIN).
 pub fn baton_bin() -> PathBuf {
-    std::env::var_os("BATON_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    std::env::var_os("BATON_BIN").map_or_else(
+        || {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../target/debug/baton"
             ))
-        })
+        },
+        PathBuf::from,
+    )
 }
 
 pub fn baton(args: &[&str]) -> Output {
@@ -169,6 +170,7 @@ pub fn kill_ns(ns: &str) {
         .output()
         .unwrap();
     for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        // SAFETY: kill(2) on a pid that pgrep listed; a stale pid only makes it fail.
         unsafe { libc::kill(p.parse().unwrap(), libc::SIGKILL) };
     }
 }

@@ -304,7 +304,11 @@ fn a_member_with_a_partitioned_data_path_is_isolated() {
             .contains("do not reach it"),
         "{m2}"
     );
-    let lost = s.finish().into_iter().filter(|r| r.is_err()).count();
+    let lost = s
+        .finish()
+        .into_iter()
+        .filter(std::result::Result::is_err)
+        .count();
     assert_eq!(lost, 0, "connections lost although the member was isolated");
 }
 
@@ -317,7 +321,11 @@ fn without_isolation_a_partitioned_member_loses_its_connections() {
     // As above: only the missing isolation can lose a connection.
     wait_synced(SESSIONS, Duration::from_secs(20));
     partition_member_2();
-    let lost = s.finish().into_iter().filter(|r| r.is_err()).count();
+    let lost = s
+        .finish()
+        .into_iter()
+        .filter(std::result::Result::is_err)
+        .count();
     assert!(lost >= 5, "only {lost} connections lost");
     assert_eq!(stat_json()["groups"][0]["members"][1]["state"], "active");
 }

@@ -45,10 +45,10 @@ fn install_policy(text: &str, version: u64) {
 fn run_streams(first: u8, count: u8, port: u16, mb: u64) -> Result<Vec<TcpReport>, TrafficError> {
     let flows: Vec<TcpFlow> = (0..count)
         .map(|i| TcpFlow {
-            id: (first + i) as u64,
+            id: u64::from(first + i),
             client: IpAddr::from([198, 18, 0, first + i]),
             server: IpAddr::from([198, 19, 0, first + 10 + i]),
-            port: port + i as u16,
+            port: port + u16::from(i),
             bytes: mb << 20,
         })
         .collect();
@@ -57,7 +57,7 @@ fn run_streams(first: u8, count: u8, port: u16, mb: u64) -> Result<Vec<TcpReport
         NS_INT,
         &flows,
         Duration::from_secs(60),
-        Default::default(),
+        std::sync::Arc::default(),
     )
 }
 
@@ -165,6 +165,7 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
     let before = drops(&stat_json(), "no_connection");
     // A TCP ACK out of the blue, through a raw socket in bt-ext.
     join(in_netns(NS_EXT, || {
+        // SAFETY: socket(2) with constant arguments; the result is checked below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
         assert!(fd >= 0, "raw socket");
         let mut seg = [0u8; 20];
@@ -172,22 +173,27 @@ fn a_packet_without_a_connection_is_dropped_and_counted() {
         seg[2..4].copy_from_slice(&80u16.to_be_bytes());
         seg[12] = 5 << 4;
         seg[13] = 0x10; // ACK
+
+        // SAFETY: sockaddr_in is plain integers: all zeroes is a valid value.
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sa.sin_family = libc::AF_INET as _;
         sa.sin_addr.s_addr = u32::from_ne_bytes([198, 19, 0, 1]);
         for _ in 0..3 {
+            // SAFETY: `seg` and `sa` are live for the call and the lengths passed are theirs; `fd`
+            // is open.
             let n = unsafe {
                 libc::sendto(
                     fd,
                     seg.as_ptr().cast(),
                     seg.len(),
                     0,
-                    &sa as *const _ as *const libc::sockaddr,
+                    (&raw const sa).cast::<libc::sockaddr>(),
                     std::mem::size_of_val(&sa) as u32,
                 )
             };
             assert_eq!(n, 20);
         }
+        // SAFETY: `fd` is the socket opened above, closed once here.
         unsafe { libc::close(fd) };
         Ok(())
     }))
@@ -354,7 +360,7 @@ fn the_worker_count_changes_at_runtime_without_dropping_connections() {
     let _lab = Lab::up_with(&["--sgms", "1", "--workers", "2"]);
     let mut pairs = Vec::new();
     for i in 0..8u8 {
-        let addr = SocketAddr::from(([198, 19, 0, 40 + i], 5200 + i as u16));
+        let addr = SocketAddr::from(([198, 19, 0, 40 + i], 5200 + u16::from(i)));
         let l = listen(addr);
         let c = connect(addr).expect("connection opens");
         let (srv, _) = l.accept().unwrap();

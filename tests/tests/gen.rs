@@ -25,6 +25,9 @@ fn ext0_tx_dropped() -> u64 {
         .unwrap_or_else(|| panic!("no tx dropped in {links}"))
 }
 
+// The hosts add the odd frame of their own (ARP, neighbour discovery, MLD).
+const HOST_FRAMES: u64 = 50;
+
 #[test]
 fn the_generator_sends_what_it_reports() {
     let _lab = Lab::up(3);
@@ -56,8 +59,6 @@ fn the_generator_sends_what_it_reports() {
         up_ext_rx(s) >= up_ext_rx(&before) + arrived
     });
     let rx = up_ext_rx(&after) - up_ext_rx(&before);
-    // The hosts add the odd frame of their own (ARP, neighbour discovery, MLD).
-    const HOST_FRAMES: u64 = 50;
     assert!(
         (arrived..=arrived + HOST_FRAMES).contains(&rx),
         "uplink rx {rx}: sent {sent}, dropped {dropped} on the way"

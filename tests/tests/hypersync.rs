@@ -55,7 +55,7 @@ impl Outcome {
 /// has a copy at its backup; waits for every connection to end.
 fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64, pace: Pace) -> Outcome {
     let mut flows = flows(port);
-    for f in flows.iter_mut() {
+    for f in &mut flows {
         f.bytes = PACE.chunk as u64 * rounds;
     }
     let sessions = Sessions::start(flows, pace, STALL_LIMIT, Duration::from_secs(90));
@@ -72,7 +72,7 @@ fn kill_mid_transfer(victims: &[u32], port: u16, synced: bool, rounds: u64, pace
         let before = stat_json();
         victim_connections += member_field(&before, "connections")
             .into_iter()
-            .find(|(id, _)| *id == *victim as u64)
+            .find(|(id, _)| *id == u64::from(*victim))
             .map_or(0, |(_, c)| c);
         kill_ns(&format!("bt-sgm{victim}"));
         // Down, and its buckets with their backups.
@@ -365,7 +365,10 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
     );
     // The genuine streams went on: every connection completes.
     let results = sessions.finish();
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(
+        results.iter().all(std::result::Result::is_ok),
+        "{results:?}"
+    );
 }
 
 fn wait_for_sync(check: impl Fn(&Value) -> bool) -> Value {
@@ -385,21 +388,24 @@ struct RawSocket(i32);
 impl RawSocket {
     fn bind(iface: &str) -> Self {
         let proto = (libc::ETH_P_ALL as u16).to_be();
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        // SAFETY: socket(2) with constant arguments; the result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
             std::io::Error::last_os_error()
         );
         let idx = baton_dataplane::loader::ifindex(iface).expect("interface");
+        // SAFETY: sockaddr_ll is plain integers: all zeroes is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto;
         sll.sll_ifindex = idx as i32;
+        // SAFETY: `sll` is a live sockaddr_ll and the size passed is its size; `fd` is open.
         let rc = unsafe {
             libc::bind(
                 fd,
-                &sll as *const _ as *const libc::sockaddr,
+                (&raw const sll).cast::<libc::sockaddr>(),
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
@@ -408,12 +414,13 @@ impl RawSocket {
             tv_sec: 0,
             tv_usec: 100_000,
         };
+        // SAFETY: `tv` is a live timeval and the size passed is its size; `fd` is open.
         unsafe {
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
+                (&raw const tv).cast::<libc::c_void>(),
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
@@ -421,7 +428,9 @@ impl RawSocket {
     }
 
     fn send(&self, f: &[u8]) {
-        let n = unsafe { libc::send(self.0, f.as_ptr() as *const libc::c_void, f.len(), 0) };
+        // SAFETY: `f` is live for the call and its length is passed; the socket is open while
+        // `self` lives.
+        let n = unsafe { libc::send(self.0, f.as_ptr().cast::<libc::c_void>(), f.len(), 0) };
         assert_eq!(
             n,
             f.len() as isize,
@@ -433,16 +442,19 @@ impl RawSocket {
     /// Frames the interface received (not those it sent).
     fn recv(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 2048];
+        // SAFETY: sockaddr_ll is plain integers: all zeroes is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: `buf` and `sll` are live and writable, their sizes passed; the socket is open
+        // while `self` lives.
         let n = unsafe {
             libc::recvfrom(
                 self.0,
-                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
                 buf.len(),
                 0,
-                &mut sll as *mut _ as *mut libc::sockaddr,
-                &mut len,
+                (&raw mut sll).cast::<libc::sockaddr>(),
+                &raw mut len,
             )
         };
         if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
@@ -455,6 +467,7 @@ impl RawSocket {
 
 impl Drop for RawSocket {
     fn drop(&mut self) {
+        // SAFETY: the socket is owned by `self` and closed once, here.
         unsafe { libc::close(self.0) };
     }
 }
@@ -472,7 +485,7 @@ fn join_mid_transfer(
     // machine a join can take seconds, and one that completes after the sessions ended
     // takes buckets with nothing on them (seen under load: 0 taken over).
     let mut flows = flows(port);
-    for f in flows.iter_mut() {
+    for f in &mut flows {
         f.bytes = PACE.chunk as u64 * JOIN_ROUNDS;
     }
     let sessions = Sessions::start(flows, PACE, STALL_LIMIT, Duration::from_secs(90));

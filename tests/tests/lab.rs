@@ -209,6 +209,7 @@ fn lab_down_cleans_up_after_killed_processes() {
             .output()
             .unwrap();
         for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            // SAFETY: kill(2) on a pid that pgrep listed; a stale pid only makes it fail.
             unsafe { libc::kill(p.parse().unwrap(), libc::SIGKILL) };
         }
     }

@@ -60,8 +60,10 @@ fn root_dir() -> PathBuf {
 
 fn cargo_bin() -> PathBuf {
     env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"))
+        .map_or_else(
+            || PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+            PathBuf::from,
+        )
         .join("bin")
 }
 
@@ -154,7 +156,7 @@ fn install_bpf_linker() -> Result<()> {
         .context("nightly has no libLLVM.so.* in its sysroot")?;
     let major: String = lib["libLLVM.so.".len()..]
         .chars()
-        .take_while(|c| c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
         .collect();
     if major.is_empty() {
         bail!("cannot read the LLVM version from {lib}");
@@ -322,7 +324,7 @@ fn run_tests(c: &mut Command) -> Result<(bool, Vec<String>)> {
 }
 
 fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// `stress-ng --cpu <cores>` for as long as this lives (and at most its timeout, should this

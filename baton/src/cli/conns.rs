@@ -58,7 +58,7 @@ fn lab_sources(server: IpAddr) -> Vec<IpAddr> {
     (1..=HOSTS_PER_SIDE)
         .map(|h| match server {
             IpAddr::V4(_) => IpAddr::from([198, 18, 0, h]),
-            IpAddr::V6(_) => IpAddr::from([0x2001, 0xdb8, 0x18, 0, 0, 0, 0, h as u16]),
+            IpAddr::V6(_) => IpAddr::from([0x2001, 0xdb8, 0x18, 0, 0, 0, 0, u16::from(h)]),
         })
         .collect()
 }
@@ -133,8 +133,8 @@ fn summary(r: &ConnReport) -> String {
     )
 }
 
-pub fn run(a: ConnsArgs) -> anyhow::Result<()> {
-    let spec = spec(&a)?;
+pub fn run(a: &ConnsArgs) -> anyhow::Result<()> {
+    let spec = spec(a)?;
     let r = connections(&a.from, &a.to, &spec)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

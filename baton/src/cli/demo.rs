@@ -33,7 +33,7 @@ pub struct DemoArgs {
     kill: u32,
 }
 
-pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(client: &Client, args: &DemoArgs) -> anyhow::Result<()> {
     // Whatever an earlier run left.
     lab::down()?;
     let exe = std::env::current_exe()?;
@@ -50,8 +50,8 @@ pub fn run(client: &Client, args: DemoArgs) -> anyhow::Result<()> {
     );
     let before = per_member(&stat);
 
-    let flows = TcpFlow::lab(args.flows as u64, 5000, args.mb << 20, 7);
-    let total = args.flows as u64 * (args.mb << 20);
+    let flows = TcpFlow::lab(u64::from(args.flows), 5000, args.mb << 20, 7);
+    let total = u64::from(args.flows) * (args.mb << 20);
     println!(
         "sending {} TCP streams of {} MB from bt-ext to bt-int, every byte checked ...",
         args.flows, args.mb

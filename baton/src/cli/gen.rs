@@ -60,7 +60,7 @@ struct Report {
     gbps: f64,
 }
 
-pub fn run(args: GenArgs) -> anyhow::Result<()> {
+pub fn run(args: &GenArgs) -> anyhow::Result<()> {
     if !(1..=1_000_000).contains(&args.flows) {
         bail!("--flows must be 1..=1000000, not {}", args.flows);
     }
@@ -91,7 +91,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         None => 1 << 20,
     };
     // Each template's share of the count, sent in interleaved chunks.
-    let v6_total = args.count * args.v6_share as u64 / 100;
+    let v6_total = args.count * u64::from(args.v6_share) / 100;
     let templates = [
         (
             frame_v4(GEN_HOST, Ipv4Addr::new(198, 18, 0, 0), dst, args.size),

@@ -130,8 +130,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let result = match cli.command {
         Command::Lab { command } => lab::run(command),
-        Command::Stat(args) => stat::run(&client, args),
-        Command::Demo(args) => demo::run(&client, args),
+        Command::Stat(args) => stat::run(&client, &args),
+        Command::Demo(args) => demo::run(&client, &args),
         Command::Detach { member } => admin(&client, member, "detach"),
         Command::Attach { member } => admin(&client, member, "attach"),
         Command::Workers { member, count } => {
@@ -145,11 +145,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(())
         }
-        Command::Search(args) => search::run(&client, args),
-        Command::Sync { command } => sync::run(&client, command),
+        Command::Search(args) => search::run(&client, &args),
+        Command::Sync { command } => sync::run(&client, &command),
         Command::Policy { command } => policy::run(&client, command),
-        Command::Gen(args) => gen::run(args),
-        Command::Conns(args) => conns::run(args),
+        Command::Gen(args) => gen::run(&args),
+        Command::Conns(args) => conns::run(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "baton", &mut std::io::stdout());
@@ -157,7 +157,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Orchestrator { config } => daemon::orchestrator::run(&config),
         Command::Sgm(SgmArgs { command: None, run }) => match run {
-            Some(opts) => daemon::member::run(opts),
+            Some(opts) => daemon::member::run(&opts),
             None => {
                 anyhow::bail!("baton sgm needs --config and --id, or a subcommand (see --help)")
             }

@@ -1,5 +1,6 @@
 //! `baton search`.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use baton_control::api::{Client, SearchResult};
@@ -22,13 +23,13 @@ pub struct SearchArgs {
     json: bool,
 }
 
-pub fn run(client: &Client, a: SearchArgs) -> anyhow::Result<()> {
+pub fn run(client: &Client, a: &SearchArgs) -> anyhow::Result<()> {
     let mut q = format!("/v1/search?src={}&dst={}&proto={}", a.src, a.dst, a.proto);
     if let Some(p) = a.sport {
-        q.push_str(&format!("&sport={p}"));
+        let _ = write!(q, "&sport={p}");
     }
     if let Some(p) = a.dport {
-        q.push_str(&format!("&dport={p}"));
+        let _ = write!(q, "&dport={p}");
     }
     let r: SearchResult = client.get(&q)?;
     if a.json {

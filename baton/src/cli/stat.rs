@@ -13,7 +13,7 @@ pub struct StatArgs {
     info: Option<String>,
 }
 
-pub fn run(client: &Client, args: StatArgs) -> anyhow::Result<()> {
+pub fn run(client: &Client, args: &StatArgs) -> anyhow::Result<()> {
     if args.info.as_deref() == Some("tasks") {
         return tasks(client, args.json);
     }

@@ -13,8 +13,8 @@ pub enum SyncCommand {
     },
 }
 
-pub fn run(client: &Client, command: SyncCommand) -> anyhow::Result<()> {
-    let SyncCommand::Stat { json } = command;
+pub fn run(client: &Client, command: &SyncCommand) -> anyhow::Result<()> {
+    let &SyncCommand::Stat { json } = command;
     let stat: SyncStat = client.get("/v1/sync")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stat)?);

@@ -245,6 +245,8 @@ impl Cluster {
     /// logged commands (an operator may have edited the file meanwhile); members the
     /// stored state knew Joining or Active count as heard just now. The outputs program
     /// the data path as the state says (ports, then tables).
+    // What was stored is handed over: the caller has no use for it after.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn new(
         config: Config,
         opts: Options,
@@ -450,14 +452,16 @@ impl Cluster {
             } => {
                 let mut next = self.config.clone();
                 next.add_member(*member, *group, *site, downlink)
-                    .map_err(config_refusal)?;
+                    .map_err(|e| config_refusal(&e))?;
             }
-            Op::Remove { member } => known(member)?,
             Op::Move { member, group } => {
                 let mut next = self.config.clone();
-                next.move_member(*member, *group).map_err(config_refusal)?;
+                next.move_member(*member, *group)
+                    .map_err(|e| config_refusal(&e))?;
             }
-            Op::Detach { member } | Op::Attach { member } => known(member)?,
+            Op::Remove { member } | Op::Detach { member } | Op::Attach { member } => {
+                known(member)?;
+            }
             Op::Workers { member, workers } => {
                 known(member)?;
                 let max = baton_dataplane::dispatch::WORKERS_MAX as u32;
@@ -626,7 +630,7 @@ impl Cluster {
                     out.push(Output::DownlinkDetach { member, iface });
                 }
                 Effect::DownlinkGroup { member, group } => {
-                    out.push(Output::DownlinkGroup { member, group })
+                    out.push(Output::DownlinkGroup { member, group });
                 }
                 Effect::PolicyEnded { group, outcome } => self.answer_pending(group, &outcome, out),
             }
@@ -635,7 +639,7 @@ impl Cluster {
 
     /// The configuration's member lists follow the registry (written back by the daemon).
     fn mirror_registry(&mut self) {
-        for g in self.config.groups.iter_mut() {
+        for g in &mut self.config.groups {
             g.members = self
                 .state
                 .members
@@ -1142,7 +1146,7 @@ impl Cluster {
     }
 }
 
-fn config_refusal(e: ConfigError) -> Refusal {
+fn config_refusal(e: &ConfigError) -> Refusal {
     let m = e.to_string();
     let kind = if m.contains("no member") || m.contains("no group") {
         RefusalKind::NotFound

@@ -39,7 +39,7 @@ pub fn load(path: &Path, config: &Config) -> Result<Option<Stored>, StoreError> 
         return Ok(None);
     };
     let shown = || path.display().to_string();
-    if let Some(found) = value.get("format").and_then(|f| f.as_u64()) {
+    if let Some(found) = value.get("format").and_then(serde_json::Value::as_u64) {
         if found != u64::from(LOG_FORMAT) {
             return Err(StoreError::Format {
                 path: shown(),
@@ -73,12 +73,14 @@ pub fn import(old: &persist::State, config: &Config) -> ClusterState {
             .tables
             .get(&g.id)
             .filter(|t| t.len() == g.buckets as usize)
-            .map(|t| {
-                t.iter()
-                    .map(|&(active, backup)| Bucket { active, backup })
-                    .collect()
-            })
-            .unwrap_or_else(|| planner::plan(&[], g.buckets));
+            .map_or_else(
+                || planner::plan(&[], g.buckets),
+                |t| {
+                    t.iter()
+                        .map(|&(active, backup)| Bucket { active, backup })
+                        .collect()
+                },
+            );
         s.groups.insert(
             g.id,
             GroupState {

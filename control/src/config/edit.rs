@@ -53,7 +53,7 @@ fn member_id(t: &Table) -> Option<i64> {
 fn relocated(t: &Table) -> Table {
     let mut new = Table::new();
     *new.decor_mut() = t.decor().clone();
-    for (k, _) in t.iter() {
+    for (k, _) in t {
         if let Some((key, item)) = t.get_key_value(k) {
             new.insert_formatted(key, item.clone());
         }
@@ -155,10 +155,10 @@ iface = "up-wan"
 
     #[test]
     fn an_add_or_a_removal_changes_only_that_members_lines() {
-        let added =
-            "downlink = \"dl-sgm2\"\n\n[[groups.members]]\nid = 4\ndownlink = \"dl-sgm4\"\n";
         // A change, and the text it replaces in the file with what.
         type Case = (fn(&mut Config), &'static str, &'static str);
+        let added =
+            "downlink = \"dl-sgm2\"\n\n[[groups.members]]\nid = 4\ndownlink = \"dl-sgm4\"\n";
         let cases: [Case; 2] = [
             (
                 |c| c.add_member(4, 1, 1, "dl-sgm4").unwrap(),

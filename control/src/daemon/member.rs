@@ -154,7 +154,7 @@ fn bucketer(group: &GroupConfig) -> Bucketer {
     })
 }
 
-pub fn run(opts: Options) -> anyhow::Result<()> {
+pub fn run(opts: &Options) -> anyhow::Result<()> {
     let config = Config::load(&opts.config)?;
     if opts.queues == 0 || opts.queues as usize > QUEUES_MAX {
         anyhow::bail!("--queues must be 1..={QUEUES_MAX}, not {}", opts.queues);
@@ -169,7 +169,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         })?
         .clone();
-    let sync = sync_setup(&opts, &group)?;
+    let sync = sync_setup(opts, &group)?;
     let mut programs = Member::load()?;
     programs.attach_steer(&opts.data_port, config.orchestrator.xdp_driver_mode)?;
 
@@ -220,12 +220,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let core = opts.worker_core;
         // One worker runs in the port's own thread; more run behind the dispatcher.
         let dispatcher = if workers > 1 {
-            let cores: Vec<usize> = match &opts.worker_cores {
-                Some(list) => list.clone(),
-                None => {
-                    let n = std::thread::available_parallelism().map_or(1, |c| c.get());
-                    (0..WORKERS_MAX).map(|i| i % n).collect()
-                }
+            let cores: Vec<usize> = if let Some(list) = &opts.worker_cores {
+                list.clone()
+            } else {
+                let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+                (0..WORKERS_MAX).map(|i| i % n).collect()
             };
             let (d, ws) = Dispatcher::new(workers, make, &cores)?;
             worker_stats = Some(ws);
@@ -293,7 +292,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                     epoch,
                     ..Default::default()
                 },
-                s.key,
+                &s.key,
             );
             let engine = Engine::new(opts.id, endpoint, s.tap.bucketer.clone());
             let cfg = PortConfig {
@@ -358,7 +357,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let enforced = stats.policy_version.load(Ordering::Relaxed);
         if Instant::now() >= next {
             next += interval;
-            let n = current_workers(&worker_stats);
+            let n = current_workers(worker_stats.as_ref());
             let per_worker =
                 |pick: fn(&WorkerStats) -> &[std::sync::atomic::AtomicU64; WORKERS_MAX],
                  own: &std::sync::atomic::AtomicU64| {
@@ -398,7 +397,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 sync: sync_thread.as_ref().map(|_| {
                     sync_report
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone()
                 }),
                 sync_mac: sync_mac.clone(),
@@ -465,10 +464,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 /// Workers running now (one when the port runs its forwarder itself).
-fn current_workers(stats: &Option<Arc<WorkerStats>>) -> usize {
-    stats
-        .as_ref()
-        .map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
+fn current_workers(stats: Option<&Arc<WorkerStats>>) -> usize {
+    stats.map_or(1, |w| w.workers.load(Ordering::Relaxed) as usize)
 }
 
 /// Non-zero drop counters by reason name.

@@ -8,7 +8,7 @@ pub mod orchestrator;
 pub fn raise_priority(what: &str) {
     let param = libc::sched_param { sched_priority: 10 };
     // SAFETY: plain syscall on the calling thread (pid 0).
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
     if rc != 0 {
         tracing::warn!(
             thread = what,

@@ -309,7 +309,7 @@ impl FrameHandler for Forwarder {
         Forwarder::process(self, frame, now, out)
     }
     fn tick(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
-        Forwarder::tick(self, now, out)
+        Forwarder::tick(self, now, out);
     }
     fn dropped_held(&self) -> [u64; DropReason::COUNT] {
         self.dropped_held
@@ -457,9 +457,8 @@ mod tests {
         match sliced.transport {
             Some(etherparse::TransportSlice::Icmpv6(icmp)) => {
                 assert_eq!(icmp.type_u8(), 135);
-                let ip = match sliced.net {
-                    Some(etherparse::NetSlice::Ipv6(ip)) => ip,
-                    _ => panic!("not ipv6"),
+                let Some(etherparse::NetSlice::Ipv6(ip)) = sliced.net else {
+                    panic!("not ipv6")
                 };
                 let expected = icmp
                     .icmp_type()

@@ -503,7 +503,7 @@ mod tests {
             rto,
             ..Config::default()
         };
-        Engine::new(me, Endpoint::new(cfg, GroupKey([7; 32])), bucketer())
+        Engine::new(me, Endpoint::new(cfg, &GroupKey([7; 32])), bucketer())
     }
 
     /// Member 1 is every bucket's active, member 2 its backup.
@@ -547,7 +547,7 @@ mod tests {
     }
 
     impl Link {
-        fn send(&mut self, now: Instant, to: usize, f: Vec<u8>) {
+        fn send(&mut self, now: Instant, to: usize, f: &[u8]) {
             if self.rng.chance(self.loss) {
                 return;
             }
@@ -558,7 +558,7 @@ mod tests {
                     delay += Duration::from_micros(self.rng.next() % 3000);
                 }
                 self.order += 1;
-                self.wire.push((now + delay, self.order, to, f.clone()));
+                self.wire.push((now + delay, self.order, to, f.to_vec()));
             }
         }
 
@@ -614,7 +614,7 @@ mod tests {
                 e.poll(now, &mut out, w);
                 for (mac, f) in out.drain(..) {
                     assert_eq!(mac, MAC[1 - i], "frames go to the peer");
-                    link.send(now, 1 - i, f);
+                    link.send(now, 1 - i, &f);
                 }
             }
             let acked = engines[0].watermarks()[0] == n as u64;

@@ -43,7 +43,9 @@ impl Workers for SyncTap {
         self.resync().map_or(0, |r| r.generation)
     }
     fn store(&self) -> MutexGuard<'_, BackupStore> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     fn stats(&self) -> &TapStats {
         &self.stats
@@ -59,6 +61,8 @@ pub struct SyncParts {
 
 /// Runs the sync port until `stop`: frames in → engine → frames out, new bucket tables
 /// from `views`, figures published to `report` a few times a second.
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 pub fn run(
     cfg: &PortConfig,
     member: &mut Member,
@@ -87,7 +91,7 @@ pub fn run(
         }
         let sock = &mut sockets[0];
         let n = sock.receive();
-        for desc in sock.batch[..n].iter() {
+        for desc in &sock.batch[..n] {
             // SAFETY: received frames are ours until recycled below.
             let data = unsafe { sock.umem.data(desc) };
             let f = data.contents();
@@ -126,7 +130,9 @@ pub fn run(
         sock.flush(cfg.ring as usize)?;
         if now.duration_since(last_report) >= Duration::from_millis(50) {
             last_report = now;
-            *report.lock().unwrap_or_else(|e| e.into_inner()) = engine.report(&*tap);
+            *report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = engine.report(&*tap);
             if not_sync > 0 {
                 tracing::debug!(
                     frames = not_sync,

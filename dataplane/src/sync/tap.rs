@@ -148,7 +148,7 @@ impl SyncTap {
                 self.next[slot].store(ticket, Ordering::Relaxed);
                 Some(ticket)
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => None,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => None,
         }
     }
 
@@ -191,7 +191,10 @@ impl SyncTap {
 
     /// Asks every worker to re-send the connections of the marked buckets.
     pub fn request_resync(&self, buckets: Vec<bool>, mask: u32) {
-        let mut r = self.resync.write().unwrap_or_else(|e| e.into_inner());
+        let mut r = self
+            .resync
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = r.as_ref().map_or(0, |r| r.generation) + 1;
         // A worker may not have carried out the previous request yet: keep its buckets
         // too, until every worker has (then a new request re-sends only its own).
@@ -215,7 +218,7 @@ impl SyncTap {
     pub fn resync(&self) -> Option<Arc<Resync>> {
         self.resync
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }

@@ -173,7 +173,7 @@ impl WorkerSync {
             .tap
             .store
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take(&key, now, ms);
         match copy {
             Some(c) if conns.take_over(c) => {

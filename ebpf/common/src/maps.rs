@@ -218,12 +218,19 @@ pub mod steer_stat {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
+    use super::{Bucket, DownlinkConf, GroupConf, MacKey, MemberStats, UplinkConf, UplinkStats};
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for Bucket {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for GroupConf {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for UplinkConf {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for DownlinkConf {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for MacKey {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for MemberStats {}
+    // SAFETY: #[repr(C)] integers and byte arrays, no implicit padding: any bits are valid.
     unsafe impl aya::Pod for UplinkStats {}
 }

@@ -154,11 +154,13 @@ pub fn restore(part: Part) -> Result<(Failure, Duration), LabError> {
     fs::remove_file(&record)?;
     match part {
         Part::Member(k) => {
-            wait_member(k, MemberState::Active, UP_TIMEOUT).map_err(|detail| LabError::NotBack {
-                part,
-                secs: UP_TIMEOUT.as_secs(),
-                detail,
-            })?
+            wait_member(k, MemberState::Active, UP_TIMEOUT).map_err(|detail| {
+                LabError::NotBack {
+                    part,
+                    secs: UP_TIMEOUT.as_secs(),
+                    detail,
+                }
+            })?;
         }
     }
     Ok((failure, start.elapsed()))

@@ -3,6 +3,7 @@
 //! lab namespaces, so deleting the namespaces removes every link and bridge; `down` also
 //! kills the lab's processes and removes its state directory, whatever state `up` left.
 
+use std::fmt::Write as _;
 use std::{
     fs,
     net::Ipv4Addr,
@@ -67,6 +68,8 @@ pub fn ns_sgm(k: u32) -> String {
 /// Options of `baton lab up` (kept in the state directory as [`OPTIONS_FILE`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Each bool is an independent switch of `baton lab up`.
+#[allow(clippy::struct_excessive_bools)]
 pub struct LabOptions {
     pub sgms: u32,
     pub sync: bool,
@@ -157,6 +160,7 @@ fn have(tool: &str) -> bool {
 }
 
 fn check_root() -> Result<(), LabError> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LabError::NotRoot);
     }
@@ -268,7 +272,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
     let members: Vec<String> = (1..=n).map(ns_sgm).collect();
     for ns in [NS_EXT, NS_INT, NS_ORCH]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .chain(members.iter().cloned())
     {
         ip(&["netns", "add", &ns])?;
@@ -316,18 +320,21 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
         )?;
         let mut batch = String::new();
         for h in 1..=HOSTS_PER_SIDE {
-            batch.push_str(&format!("address add 198.{side}.0.{h}/24 dev {host_if}\n"));
-            batch.push_str(&format!(
-                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad\n"
-            ));
+            let _ = writeln!(batch, "address add 198.{side}.0.{h}/24 dev {host_if}");
+            let _ = writeln!(
+                batch,
+                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad"
+            );
         }
         let other = if side == 18 { 19 } else { 18 };
-        batch.push_str(&format!(
-            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}\n"
-        ));
-        batch.push_str(&format!(
-            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}\n"
-        ));
+        let _ = writeln!(
+            batch,
+            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}"
+        );
+        let _ = writeln!(
+            batch,
+            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}"
+        );
         let file = state.join(format!("{host_ns}.batch"));
         fs::write(&file, batch)?;
         ip(&["-n", host_ns, "-batch", file.to_str().unwrap()])?;
@@ -454,7 +461,7 @@ pub fn start_member(opts: &LabOptions, k: u32) -> Result<(), LabError> {
     let state = Path::new(STATE_DIR);
     let cfg_path = state.join("baton.toml");
     let policy_path = state.join(POLICY_FILE);
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u32;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u32;
     let core = ((k - 1) % cores).to_string();
     let busy: Vec<String> = opts
         .busy_poll
@@ -509,7 +516,10 @@ pub fn kill_member(k: u32) -> Result<usize, LabError> {
 fn random_key() -> Result<String, LabError> {
     let mut key = [0u8; 32];
     fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
-    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(key.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
 }
 
 /// Writes a file only its owner can read.
@@ -597,7 +607,7 @@ fn log_tails() -> String {
     for p in logs {
         let text = fs::read_to_string(&p).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(8).collect();
-        out.push_str(&format!("--- {}\n", p.display()));
+        let _ = writeln!(out, "--- {}", p.display());
         for l in tail.iter().rev() {
             out.push_str(l);
             out.push('\n');
@@ -656,6 +666,8 @@ fn kill_all(ns: &str) -> Result<(), LabError> {
             return Ok(());
         }
         for p in &list {
+            // SAFETY: kill(2) on a pid listed in the lab's own namespace; a stale pid only makes
+            // it fail.
             unsafe { libc::kill(*p, sig) };
         }
         let deadline = Instant::now() + Duration::from_secs(2);

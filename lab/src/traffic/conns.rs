@@ -302,7 +302,9 @@ fn run_connections(
         }
     }
     setup?;
-    let hists = hists.lock().unwrap_or_else(|e| e.into_inner());
+    let hists = hists
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Ok(ConnReport {
         requested: spec.count,
         attempted: tally.attempted,
@@ -367,7 +369,9 @@ enum Outcome {
 }
 
 fn outcome_of(e: &std::io::Error) -> Outcome {
-    use std::io::ErrorKind::*;
+    use std::io::ErrorKind::{
+        BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset, TimedOut, WouldBlock,
+    };
     match e.kind() {
         ConnectionReset | ConnectionRefused | ConnectionAborted | BrokenPipe => Outcome::Reset,
         WouldBlock | TimedOut => Outcome::Stalled,
@@ -418,7 +422,7 @@ impl Tally {
 }
 
 fn micros(d: Duration) -> u64 {
-    d.as_micros().min(u64::MAX as u128) as u64
+    d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 /// One client thread: takes the next connection id until all are taken or it is too late.
@@ -436,7 +440,10 @@ fn client_loop(
         Vec::with_capacity(SAMPLE_BATCH),
     );
     let flush = |c: &mut Vec<u64>, d: &mut Vec<u64>| {
-        hists.lock().unwrap_or_else(|e| e.into_inner()).add(c, d);
+        hists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(c, d);
         c.clear();
         d.clear();
     };
@@ -571,16 +578,20 @@ fn conn_listener(addr: SocketAddr) -> Result<TcpListener, TrafficError> {
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket(2) with constant arguments; the result is checked below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the listener closes it once.
     let l = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(err)?;
     let (sa, len) = sockaddr(addr);
-    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+    // SAFETY: `sa` is a sockaddr_storage filled for `addr` and `len` its used length; `fd` is open.
+    if unsafe { libc::bind(fd, (&raw const sa).cast::<libc::sockaddr>(), len) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
+    // SAFETY: listen(2) on the open socket `fd`.
     if unsafe { libc::listen(fd, CONN_CONCURRENCY_MAX as libc::c_int) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
     }
@@ -589,12 +600,13 @@ fn conn_listener(addr: SocketAddr) -> Result<TcpListener, TrafficError> {
         tv_sec: 0,
         tv_usec: SERVER_POLL.as_micros() as libc::suseconds_t,
     };
+    // SAFETY: `tv` is a live timeval and the size passed is its size; `fd` is open.
     let r = unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
+            (&raw const tv).cast::<libc::c_void>(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };

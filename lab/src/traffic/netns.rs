@@ -10,6 +10,7 @@ use super::TrafficError;
 pub fn enter_netns(name: &str) -> Result<(), TrafficError> {
     let f = File::open(Path::new("/run/netns").join(name))
         .map_err(|e| TrafficError::Netns(name.into(), e))?;
+    // SAFETY: `f` is an open netns file for the call; setns(2) only changes this thread.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(TrafficError::Netns(
             name.into(),

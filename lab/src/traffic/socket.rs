@@ -20,7 +20,9 @@ pub(super) fn socket2_connect(
     let (da, dlen) = sockaddr(dst);
     let deadline = Instant::now() + timeout;
     loop {
-        if unsafe { libc::connect(fd, &da as *const _ as *const libc::sockaddr, dlen) } == 0 {
+        // SAFETY: `da` is a sockaddr_storage filled for `dst` and `dlen` its used length; `fd` is
+        // open.
+        if unsafe { libc::connect(fd, (&raw const da).cast::<libc::sockaddr>(), dlen) } == 0 {
             return Ok(stream);
         }
         let e = std::io::Error::last_os_error();
@@ -46,16 +48,19 @@ fn bound_socket(
     } else {
         libc::AF_INET6
     };
+    // SAFETY: socket(2) with constant arguments; the result is checked below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: `fd` is a fresh socket that nothing else owns; the stream closes it once.
     let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     if port_at_connect {
         let _ = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
     }
     let (sa, len) = sockaddr(SocketAddr::new(src, 0));
-    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+    // SAFETY: `sa` is a sockaddr_storage filled for `src` and `len` its used length; `fd` is open.
+    if unsafe { libc::bind(fd, (&raw const sa).cast::<libc::sockaddr>(), len) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(std::io::Error::new(e.kind(), format!("bind {src}: {e}")));
     }
@@ -63,17 +68,22 @@ fn bound_socket(
 }
 
 pub(super) fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain integers: all zeroes is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
         SocketAddr::V4(v4) => {
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in, and `ss` is
+            // borrowed only here.
+            let sin = unsafe { &mut *(&raw mut ss).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as _;
             sin.sin_port = v4.port().to_be();
             sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
             std::mem::size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(v6) => {
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6, and `ss` is
+            // borrowed only here.
+            let sin = unsafe { &mut *(&raw mut ss).cast::<libc::sockaddr_in6>() };
             sin.sin6_family = libc::AF_INET6 as _;
             sin.sin6_port = v6.port().to_be();
             sin.sin6_addr.s6_addr = v6.ip().octets();
@@ -93,7 +103,8 @@ pub(super) fn connect_bounded(
     let stream = bound_socket(src, dst, libc::SOCK_NONBLOCK, true)?;
     let fd = stream.as_raw_fd();
     let (da, dlen) = sockaddr(dst);
-    if unsafe { libc::connect(fd, &da as *const _ as *const libc::sockaddr, dlen) } != 0 {
+    // SAFETY: `da` is a sockaddr_storage filled for `dst` and `dlen` its used length; `fd` is open.
+    if unsafe { libc::connect(fd, (&raw const da).cast::<libc::sockaddr>(), dlen) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
@@ -113,8 +124,9 @@ pub(super) fn connect_bounded(
                 revents: 0,
             };
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            match unsafe { libc::poll(&mut p, 1, ms) } {
-                0 => continue,
+            // SAFETY: `p` is one live pollfd, and the count passed is 1.
+            match unsafe { libc::poll(&raw mut p, 1, ms) } {
+                0 => {}
                 r if r < 0 => {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::Interrupted {
@@ -138,12 +150,13 @@ pub(super) fn setsockopt_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> std::io::Result<()> {
+    // SAFETY: `value` is a live c_int and the size passed is its size.
     let r = unsafe {
         libc::setsockopt(
             fd,
             level,
             name,
-            &value as *const _ as *const libc::c_void,
+            (&raw const value).cast::<libc::c_void>(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

@@ -56,6 +56,8 @@ pub struct Progress {
 
 /// Sends every flow's bytes from `client_ns` to listeners in `server_ns` and verifies each
 /// byte on arrival. Fails on the first corrupt, reset or short stream, or after `timeout`.
+// Its threads share `progress`: the caller hands over the Arc they clone.
+#[allow(clippy::needless_pass_by_value)]
 pub fn tcp_streams(
     client_ns: &str,
     server_ns: &str,
@@ -105,6 +107,8 @@ pub struct Pace {
 /// Like [`tcp_streams`], for long-lived paced connections, with one result per flow: a
 /// connection is lost if it is reset, fails its byte check, or stalls for more than
 /// `stall_limit`. All connections are open before the first byte is sent.
+// Its threads share `progress`: the caller hands over the Arc they clone.
+#[allow(clippy::needless_pass_by_value)]
 pub fn tcp_sessions(
     client_ns: &str,
     server_ns: &str,
@@ -140,6 +144,8 @@ pub fn tcp_sessions(
     Ok(results)
 }
 
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 fn send(f: TcpFlow, timeout: Duration, pace: Option<Pace>) -> Result<(), TrafficError> {
     let sock = socket2_connect(f.client, SocketAddr::new(f.server, f.port), timeout)?;
     let mut sock = sock;
@@ -173,6 +179,8 @@ fn send(f: TcpFlow, timeout: Duration, pace: Option<Pace>) -> Result<(), Traffic
     Ok(())
 }
 
+// A thread body: it owns what its thread uses for the thread's life.
+#[allow(clippy::needless_pass_by_value)]
 fn receive(
     f: TcpFlow,
     l: TcpListener,

@@ -53,7 +53,7 @@ pub fn udp_pairs(
                     let Ok(n) = r.recv(&mut buf) else { continue };
                     let ours =
                         n == 8 && u32::from_be_bytes(buf[..4].try_into().unwrap()) == i as u32;
-                    if ours && c.fetch_add(1, Ordering::Relaxed) + 1 == count as u64 {
+                    if ours && c.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(count) {
                         break;
                     }
                 }

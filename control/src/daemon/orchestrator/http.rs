@@ -178,9 +178,9 @@ async fn request(shared: &SharedRef, op: Op) -> Result<Reply, ApiError> {
     }
 }
 
-fn state_of(reply: Reply) -> Json<MemberState> {
+fn state_of(reply: &Reply) -> Json<MemberState> {
     match reply {
-        Reply::State(s) => Json(s),
+        Reply::State(s) => Json(*s),
         _ => Json(MemberState::Down),
     }
 }
@@ -425,7 +425,11 @@ async fn add_member(
                 r.message,
             )
         })?;
-        let slot = s.cluster.config().group(req.group).map_or(0, |g| g.slot());
+        let slot = s
+            .cluster
+            .config()
+            .group(req.group)
+            .map_or(0, crate::config::GroupConfig::slot);
         let idx = s
             .programs
             .attach_downlink(
@@ -445,7 +449,7 @@ async fn add_member(
     }
     let reply = request(&shared, op).await?;
     tracing::info!(member = req.id, group = req.group, downlink = %req.downlink, "member added");
-    Ok((StatusCode::CREATED, state_of(reply)))
+    Ok((StatusCode::CREATED, state_of(&reply)))
 }
 
 /// Removes a member: its buckets go to their backups, its downlink loses `egress`.
@@ -453,7 +457,7 @@ async fn remove_member(
     State(shared): State<SharedRef>,
     axum::extract::Path(member): axum::extract::Path<u32>,
 ) -> Result<Json<MemberState>, ApiError> {
-    Ok(state_of(request(&shared, Op::Remove { member }).await?))
+    Ok(state_of(&request(&shared, Op::Remove { member }).await?))
 }
 
 /// Moves a member to another group: it leaves its group at once (buckets to their
@@ -467,7 +471,7 @@ async fn move_member(
         member,
         group: req.group,
     };
-    Ok(state_of(request(&shared, op).await?))
+    Ok(state_of(&request(&shared, op).await?))
 }
 
 /// Takes a member out of service administratively: its buckets switch to their backups
@@ -476,7 +480,7 @@ async fn detach(
     State(shared): State<SharedRef>,
     axum::extract::Path(member): axum::extract::Path<u32>,
 ) -> Result<Json<MemberState>, ApiError> {
-    Ok(state_of(request(&shared, Op::Detach { member }).await?))
+    Ok(state_of(&request(&shared, Op::Detach { member }).await?))
 }
 
 /// Returns a Detached or Isolated member to service: it rejoins at its next heartbeat.
@@ -484,7 +488,7 @@ async fn attach(
     State(shared): State<SharedRef>,
     axum::extract::Path(member): axum::extract::Path<u32>,
 ) -> Result<Json<MemberState>, ApiError> {
-    Ok(state_of(request(&shared, Op::Attach { member }).await?))
+    Ok(state_of(&request(&shared, Op::Attach { member }).await?))
 }
 
 /// Asks a member to run `workers` worker instances; it applies the change at its next
@@ -564,7 +568,7 @@ async fn search_bucket(
             u.prefixes
                 .iter()
                 .filter(|p| p.contains(&q.src))
-                .map(|p| p.prefix_len())
+                .map(ipnet::IpNet::prefix_len)
                 .max()
                 .map(|l| (l, u))
         })

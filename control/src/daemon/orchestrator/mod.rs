@@ -53,7 +53,9 @@ type SharedRef = Arc<Mutex<Shared>>;
 /// Locks the shared state even if a thread panicked while holding it: every change to it
 /// is made whole by the core before any I/O, so what a panic leaves is consistent.
 fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -105,7 +107,11 @@ impl Shared {
                     self.downlinks.remove(&member);
                 }
                 Output::DownlinkGroup { member, group } => {
-                    let slot = self.cluster.config().group(group).map_or(0, |g| g.slot());
+                    let slot = self
+                        .cluster
+                        .config()
+                        .group(group)
+                        .map_or(0, super::super::config::GroupConfig::slot);
                     if let Some(idx) = self.downlinks.get(&member).copied() {
                         self.programs.configure_downlink(
                             idx,
@@ -376,7 +382,7 @@ fn heartbeat_in(
             s.handle(now, input, Some((sock, from)))?;
         }
         Some(hb) => {
-            tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored")
+            tracing::warn!(member = hb.member, %from, "heartbeat from an unconfigured member ignored");
         }
         None => tracing::warn!(%from, bytes = datagram.len(), "malformed CCP datagram ignored"),
     }

@@ -177,7 +177,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(mut cfg: Config, key: GroupKey) -> Self {
+    pub fn new(mut cfg: Config, key: &GroupKey) -> Self {
         cfg.window = cfg.window.max(1);
         cfg.queue_max = cfg.queue_max.max(1);
         let mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes keys of any length");
@@ -386,7 +386,7 @@ impl Endpoint {
     pub fn poll(&mut self, now: Instant, out: &mut Vec<(u32, Vec<u8>)>) {
         self.tick(now);
         let cfg = &self.cfg;
-        for (&id, p) in self.peers.iter_mut() {
+        for (&id, p) in &mut self.peers {
             poll_peer(id, p, &mut self.sealer, cfg, now, out);
         }
     }

@@ -42,7 +42,7 @@ fn cfg(me: u32, epoch: u64) -> Config {
 }
 
 fn endpoint(cfg: Config, peers: &[u32]) -> Endpoint {
-    let mut e = Endpoint::new(cfg, KEY);
+    let mut e = Endpoint::new(cfg, &KEY);
     e.set_peers(peers);
     e
 }
@@ -112,9 +112,9 @@ impl Sim {
         self.now - self.start
     }
 
-    fn send(&mut self, from: u32, to: u32, f: Vec<u8>) {
+    fn send(&mut self, from: u32, to: u32, f: &[u8]) {
         if let Some(filter) = &mut self.filter {
-            if filter(from, &f) {
+            if filter(from, f) {
                 return;
             }
         }
@@ -129,7 +129,7 @@ impl Sim {
             }
             self.order += 1;
             self.wire
-                .push((self.now + delay, self.order, to, f.clone()));
+                .push((self.now + delay, self.order, to, f.to_vec()));
         }
     }
 
@@ -156,12 +156,12 @@ impl Sim {
         self.a.poll(now, &mut out);
         for (to, f) in out.drain(..) {
             assert_eq!(to, 2);
-            self.send(1, to, f);
+            self.send(1, to, &f);
         }
         self.b.poll(now, &mut out);
         for (to, f) in out.drain(..) {
             assert_eq!(to, 1);
-            self.send(2, to, f);
+            self.send(2, to, &f);
         }
     }
 
@@ -318,7 +318,7 @@ fn forged_and_garbage_frames_are_counted_not_delivered() {
     assert!(b.receive(&flipped, now).is_empty());
     assert_eq!(b.counters().auth_failed, 1);
 
-    let mut wrong_key = Endpoint::new(cfg(1, 10), GroupKey([8; 32]));
+    let mut wrong_key = Endpoint::new(cfg(1, 10), &GroupKey([8; 32]));
     wrong_key.set_peers(&[2]);
     assert!(b.receive(&data_frame(&mut wrong_key, now), now).is_empty());
     assert_eq!(b.counters().auth_failed, 2);
@@ -378,7 +378,7 @@ fn mutated_frames_never_panic() {
                 f[at] ^= 1 << (rng.next() % 8);
             }
             1 => f.truncate((rng.next() as usize) % f.len()),
-            _ => f.extend((0..1 + rng.next() % 40).map(|_| rng.next() as u8)),
+            _ => f.extend((0..=(rng.next() % 40)).map(|_| rng.next() as u8)),
         }
         assert!(b.receive(&f, now).is_empty());
     }
