@@ -346,7 +346,14 @@ fn forged_and_replayed_sync_frames_are_rejected_and_counted() {
         "sy-sgm1",
         vec![genuine.clone(), genuine.clone(), forged, stranger, garbage],
     );
-    let after = wait_for_sync(|s| counters(s, "replayed") >= counters(&before, "replayed") + 2);
+    // The member counts each frame as it reads it and reports at its next heartbeat: wait
+    // for every kind to show (one report can land between two of the injected frames).
+    let after = wait_for_sync(|s| {
+        counters(s, "replayed") >= counters(&before, "replayed") + 2
+            && ["auth_failed", "unknown_peer", "malformed"]
+                .iter()
+                .all(|f| counters(s, f) > counters(&before, f))
+    });
     assert!(
         counters(&after, "replayed") >= counters(&before, "replayed") + 2,
         "replays not counted: {after}"
