@@ -5,7 +5,6 @@
 //! alternating; and the new-connection rate of a whole lab against such a router standing
 //! in for the group between the same hosts, with the same connection generator.
 
-use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
@@ -211,34 +210,7 @@ impl NftRouter {
                 host_ns,
                 &["ethtool", "-K", host_if, "tx", "off", "gro", "on"],
             )?;
-            let other = if side == 18 { 19 } else { 18 };
-            let mut batch = String::new();
-            for h in 1..=baton_lab::topology::HOSTS_PER_SIDE {
-                let _ = writeln!(batch, "address add 198.{side}.0.{h}/24 dev {host_if}");
-                let _ = writeln!(
-                    batch,
-                    "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad"
-                );
-            }
-            let _ = writeln!(batch, "link set {host_if} up");
-            let _ = writeln!(
-                batch,
-                "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}"
-            );
-            let _ = writeln!(
-                batch,
-                "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}"
-            );
-            let file = std::env::temp_dir().join(format!("baton-{host_ns}.batch"));
-            std::fs::write(&file, batch)?;
-            let added = run(Command::new("ip").args([
-                "-n",
-                host_ns,
-                "-batch",
-                file.to_str().context("path")?,
-            ]));
-            let _ = std::fs::remove_file(&file);
-            added?;
+            baton_lab::topology::host_addresses(host_ns, host_if, side)?;
             for args in [
                 &[
                     "address",

@@ -2,12 +2,10 @@
 
 use std::net::IpAddr;
 
-use baton_common::{addr_word, flow_hash, key};
-
-/// IP protocol numbers that carry ports in the flow key.
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const SCTP: u8 = 132;
+use baton_common::{
+    addr_word, flow_hash, key,
+    net::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 /// Hash of a packet from `src` to `dst` arriving on an uplink whose flow-key selector is
 /// `uplink_key` ([`baton_common::key`]).
@@ -25,7 +23,8 @@ pub fn packet_hash(
         key::DST => (d, 0),
         _ => (s, d),
     };
-    let ports = uplink_key & key::F_PORTS != 0 && matches!(proto, TCP | UDP | SCTP);
+    let ports =
+        uplink_key & key::F_PORTS != 0 && matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
     let (sp, dp) = if ports { (sport, dport) } else { (0, 0) };
     flow_hash(a, b, sp, dp)
 }
@@ -40,20 +39,20 @@ mod tests {
         let b: IpAddr = "198.19.0.9".parse().unwrap();
         let general = key::BOTH | key::F_PORTS;
         assert_eq!(
-            packet_hash(general, a, b, TCP, 1234, 80),
-            packet_hash(general, b, a, TCP, 80, 1234)
+            packet_hash(general, a, b, IPPROTO_TCP, 1234, 80),
+            packet_hash(general, b, a, IPPROTO_TCP, 80, 1234)
         );
         // Auto-topology: external uplink keys on the source, internal on the destination,
         // and both see the external host.
         assert_eq!(
-            packet_hash(key::SRC, a, b, UDP, 1, 2),
-            packet_hash(key::DST, b, a, UDP, 2, 1)
+            packet_hash(key::SRC, a, b, IPPROTO_UDP, 1, 2),
+            packet_hash(key::DST, b, a, IPPROTO_UDP, 2, 1)
         );
         let a6: IpAddr = "2001:db8:18::7".parse().unwrap();
         let b6: IpAddr = "2001:db8:19::9".parse().unwrap();
         assert_eq!(
-            packet_hash(key::BOTH, a6, b6, TCP, 1, 2),
-            packet_hash(key::BOTH, b6, a6, TCP, 2, 1)
+            packet_hash(key::BOTH, a6, b6, IPPROTO_TCP, 1, 2),
+            packet_hash(key::BOTH, b6, a6, IPPROTO_TCP, 2, 1)
         );
         // Ports only count for protocols that have them, and only with F_PORTS.
         assert_eq!(
@@ -61,8 +60,8 @@ mod tests {
             packet_hash(general, a, b, 1, 3, 4)
         );
         assert_eq!(
-            packet_hash(key::BOTH, a, b, TCP, 1, 2),
-            packet_hash(key::BOTH, a, b, TCP, 3, 4)
+            packet_hash(key::BOTH, a, b, IPPROTO_TCP, 1, 2),
+            packet_hash(key::BOTH, a, b, IPPROTO_TCP, 3, 4)
         );
     }
 }

@@ -197,6 +197,9 @@ pub struct PortStats {
     pub latency_max_ns: AtomicU64,
     /// Frames received on each queue (index from the first queue).
     pub queue_packets: [AtomicU64; QUEUES_MAX],
+    /// Frames `steer` dropped because no socket served their queue (e.g. the port has more
+    /// queues than the member opened); read from its counters about once a second.
+    pub no_socket: AtomicU64,
 }
 
 /// Most queues one port serves.
@@ -204,7 +207,11 @@ pub const QUEUES_MAX: usize = 16;
 
 impl PortStats {
     pub fn drops_total(&self) -> u64 {
-        self.drops.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+        self.drops
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.no_socket.load(Ordering::Relaxed)
     }
 }
 
@@ -588,16 +595,22 @@ pub fn run(
             },
             Err(_) => {}
         }
-        if now.duration_since(last_publish) >= Duration::from_secs(1) && !latency.is_empty() {
+        if now.duration_since(last_publish) >= Duration::from_secs(1) {
             last_publish = now;
-            stats
-                .latency_p50_ns
-                .store(latency.value_at_quantile(0.5), Ordering::Relaxed);
-            stats
-                .latency_p99_ns
-                .store(latency.value_at_quantile(0.99), Ordering::Relaxed);
-            stats.latency_max_ns.store(latency.max(), Ordering::Relaxed);
-            latency.reset();
+            match member.steer_stats() {
+                Ok((_, no_socket)) => stats.no_socket.store(no_socket, Ordering::Relaxed),
+                Err(e) => tracing::debug!("steer counters unreadable: {e}"),
+            }
+            if !latency.is_empty() {
+                stats
+                    .latency_p50_ns
+                    .store(latency.value_at_quantile(0.5), Ordering::Relaxed);
+                stats
+                    .latency_p99_ns
+                    .store(latency.value_at_quantile(0.99), Ordering::Relaxed);
+                stats.latency_max_ns.store(latency.max(), Ordering::Relaxed);
+                latency.reset();
+            }
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use baton_common::key;
+use baton_common::{key, net::IPPROTO_UDP};
 use baton_control::search;
 use baton_lab::{
     topology::{ns_sgm, NS_EXT, NS_INT},
@@ -32,7 +32,7 @@ fn ten_thousand_flows_spread_as_the_table_says() {
             key::BOTH | key::F_PORTS,
             f.ip(),
             dst.ip(),
-            search::UDP,
+            IPPROTO_UDP,
             f.port(),
             dst.port(),
         );

@@ -1,61 +1,40 @@
 //! `distribute` and `egress` run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`):
 //! which member each frame goes to, what is answered, what is dropped and counted.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    process::Command,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use baton_common::{event, key, programs, side, Bucket, DownlinkConf, GroupConf, UplinkConf};
+use baton_common::{
+    event, key,
+    net::{ETH_P_SYNC, IPPROTO_SCTP, IPPROTO_TCP},
+    programs, side, Bucket, DownlinkConf, GroupConf, UplinkConf,
+};
 use baton_control::{planner, search};
 use baton_dataplane::loader::{ifindex, Orchestrator};
+use baton_lab::scratch::Topology;
 use etherparse::{PacketBuilder, VlanId};
 
 const XDP_DROP: u32 = 1;
 const XDP_REDIRECT: u32 = 4;
-const NS: &str = "bt-xdptest";
 const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const INT_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 const VMAC: [[u8; 6]; 2] = [[0x02, 0xba, 0x70, 0, 1, 0], [0x02, 0xba, 0x70, 0, 1, 1]];
 const B: u32 = 4096;
 
-/// A namespace with two veth ends standing in for the uplinks and one for a downlink; the
-/// test thread moves into it so ifindexes resolve there. Removed on drop.
+/// The scratch namespace with two veth ends standing in for the uplinks and one for a
+/// downlink; the test thread moves into it so ifindexes resolve there. Removed on drop,
+/// after the programs (fields drop in order).
 struct Bench {
     orch: Orchestrator,
     ext: u32,
     int: u32,
     dl: u32,
     table: Vec<Bucket>,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", NS])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let s = Command::new("ip").args(args).status().expect("ip");
-    assert!(s.success(), "ip {args:?}");
+    _ns: Topology,
 }
 
 fn bench(uplink_key: u32) -> Bench {
-    let _ = Command::new("ip")
-        .args(["netns", "del", NS])
-        .stderr(std::process::Stdio::null())
-        .status();
-    sh(&["netns", "add", NS]);
-    sh(&[
-        "-n", NS, "link", "add", "t-ext", "type", "veth", "peer", "name", "t-int",
-    ]);
-    sh(&[
-        "-n", NS, "link", "add", "t-dl", "type", "veth", "peer", "name", "t-m",
-    ]);
-    baton_lab::traffic::enter_netns(NS).expect("enter test namespace");
+    let ns = Topology::with_pairs(&[("t-ext", "t-int"), ("t-dl", "t-m")])
+        .expect("scratch namespace (root?)");
     let (ext, int, dl) = (
         ifindex("t-ext").unwrap(),
         ifindex("t-int").unwrap(),
@@ -112,6 +91,7 @@ fn bench(uplink_key: u32) -> Bench {
         int,
         dl,
         table,
+        _ns: ns,
     }
 }
 
@@ -217,7 +197,7 @@ fn flows_go_to_the_planned_member_in_both_directions() {
             let (e4, i4, e6, i6) = addrs(i);
             let (sp, dp) = (1024 + i as u16, 80 + (i % 7) as u16);
             for (e, n) in [(e4, i4), (e6, i6)] {
-                let want = t.planned(k, e, n, search::TCP, sp, dp);
+                let want = t.planned(k, e, n, IPPROTO_TCP, sp, dp);
                 let fwd = t.member_for(&tcp(e, n, sp, dp, HOST_MAC, VMAC[0]), t.ext);
                 let rev = t.member_for(&tcp(n, e, dp, sp, INT_HOST_MAC, VMAC[1]), t.int);
                 assert_eq!(fwd, Some(want), "key {k:#x} {e}:{sp} → {n}:{dp}");
@@ -252,7 +232,7 @@ fn auto_topology_keys_on_the_external_host() {
         .unwrap();
     for i in 0..100u32 {
         let (e, n, _, _) = addrs(i);
-        let want = t.planned(key::SRC, e, n, search::TCP, 1, 2);
+        let want = t.planned(key::SRC, e, n, IPPROTO_TCP, 1, 2);
         assert_eq!(
             t.member_for(&tcp(e, n, 1000, 80, HOST_MAC, VMAC[0]), ext),
             Some(want)
@@ -342,7 +322,8 @@ fn non_ip_and_malformed_frames_are_dropped_and_counted() {
     let mut t = bench(key::BOTH);
     let mut other = vec![0u8; 60];
     other[0..6].copy_from_slice(&VMAC[0]);
-    other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    // A sync frame arriving on an uplink: a real non-IP EtherType Baton itself sends.
+    other[12..14].copy_from_slice(&ETH_P_SYNC.to_be_bytes());
     let before = t.event(event::DROP_NOT_IP);
     assert_eq!(t.run(programs::DISTRIBUTE, &other, t.ext).0, XDP_DROP);
     assert_eq!(t.event(event::DROP_NOT_IP), before + 1);
@@ -589,7 +570,7 @@ fn options_extension_headers_and_other_protocols_follow_their_flow() {
     let n: IpAddr = "198.19.0.9".parse().unwrap();
     let plain = tcp(e, n, 4000, 80, HOST_MAC, VMAC[0]);
     let owner = t.member_for(&plain, t.ext).unwrap();
-    assert_eq!(owner, t.planned(k, e, n, search::TCP, 4000, 80));
+    assert_eq!(owner, t.planned(k, e, n, IPPROTO_TCP, 4000, 80));
     // IPv4 options (record route, 12 bytes incl. padding): ports read after them.
     let opts = with_ipv4_options(&plain, &[7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     assert_eq!(t.member_for(&opts, t.ext), Some(owner), "IPv4 options");
@@ -613,7 +594,7 @@ fn options_extension_headers_and_other_protocols_follow_their_flow() {
     sctp[23] = 132;
     assert_eq!(
         t.member_for(&sctp, t.ext),
-        Some(t.planned(k, e, n, search::SCTP, 4000, 80)),
+        Some(t.planned(k, e, n, IPPROTO_SCTP, 4000, 80)),
         "SCTP"
     );
     // GRE and ESP have no ports: they hash on addresses alone, even with L4 in the key.

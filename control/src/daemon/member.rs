@@ -386,7 +386,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                     || vec![named_drops(&stats.drops)],
                     |w| w.drops[..n].iter().map(named_drops).collect(),
                 ),
-                drop_reasons: named_drops(&stats.drops),
+                drop_reasons: {
+                    let mut d = named_drops(&stats.drops);
+                    let no_socket = stats.no_socket.load(Ordering::Relaxed);
+                    if no_socket > 0 {
+                        d.insert("no_socket".into(), no_socket);
+                    }
+                    d
+                },
                 table_capacity: opts.table_size as u64,
                 queue_packets: stats.queue_packets[..(opts.queues as usize).min(QUEUES_MAX)]
                     .iter()

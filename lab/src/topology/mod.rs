@@ -150,6 +150,35 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String, LabError> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
+/// Gives the hosts' veth `host_if` in `host_ns` the side's host addresses (198.`side`.0.h
+/// and 2001:db8:`side`::h for every host), brings it up and routes the other side through
+/// the gateway .254 / ::fe — one `ip -batch`, as a few hundred `ip` calls would be slow.
+pub fn host_addresses(host_ns: &str, host_if: &str, side: u8) -> Result<(), LabError> {
+    let mut batch = String::new();
+    for h in 1..=HOSTS_PER_SIDE {
+        let _ = writeln!(batch, "address add 198.{side}.0.{h}/24 dev {host_if}");
+        let _ = writeln!(
+            batch,
+            "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad"
+        );
+    }
+    let _ = writeln!(batch, "link set {host_if} up");
+    let other = if side == 18 { 19 } else { 18 };
+    let _ = writeln!(
+        batch,
+        "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}"
+    );
+    let _ = writeln!(
+        batch,
+        "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}"
+    );
+    let file = std::env::temp_dir().join(format!("baton-{host_ns}-{}.batch", std::process::id()));
+    fs::write(&file, batch)?;
+    let added = ip(&["-n", host_ns, "-batch", &file.to_string_lossy()]);
+    let _ = fs::remove_file(&file);
+    added.map(|_| ())
+}
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -318,27 +347,7 @@ fn build(opts: &LabOptions) -> Result<(), LabError> {
             host_ns,
             &["ethtool", "-K", host_if, "tx", "off", "gro", "on"],
         )?;
-        let mut batch = String::new();
-        for h in 1..=HOSTS_PER_SIDE {
-            let _ = writeln!(batch, "address add 198.{side}.0.{h}/24 dev {host_if}");
-            let _ = writeln!(
-                batch,
-                "address add 2001:db8:{side}::{h:x}/64 dev {host_if} nodad"
-            );
-        }
-        let other = if side == 18 { 19 } else { 18 };
-        let _ = writeln!(
-            batch,
-            "route add 198.{other}.0.0/24 via 198.{side}.0.254 dev {host_if}"
-        );
-        let _ = writeln!(
-            batch,
-            "route add 2001:db8:{other}::/64 via 2001:db8:{side}::fe dev {host_if}"
-        );
-        let file = state.join(format!("{host_ns}.batch"));
-        fs::write(&file, batch)?;
-        ip(&["-n", host_ns, "-batch", file.to_str().unwrap()])?;
-        fs::remove_file(file)?;
+        host_addresses(host_ns, host_if, side)?;
     }
     // Management and sync bridges.
     for (br, addr) in [("bt-mgmt", Some("198.51.100.254/24")), ("bt-sync", None)] {

@@ -10,7 +10,7 @@ use std::{
 use super::{io, TrafficError};
 
 /// Connects from a chosen source address (std's TcpStream cannot bind before connecting).
-pub(super) fn socket2_connect(
+pub(super) fn connect_from(
     src: IpAddr,
     dst: SocketAddr,
     timeout: Duration,

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{in_netns, io, join, socket::socket2_connect, stream::fill, TrafficError};
+use super::{in_netns, io, join, socket::connect_from, stream::fill, TrafficError};
 
 /// One TCP stream to run: from `client` (an address of `client_ns`) to `server:port`.
 #[derive(Clone, Debug)]
@@ -147,7 +147,7 @@ pub fn tcp_sessions(
 // A thread body: it owns what its thread uses for the thread's life.
 #[allow(clippy::needless_pass_by_value)]
 fn send(f: TcpFlow, timeout: Duration, pace: Option<Pace>) -> Result<(), TrafficError> {
-    let sock = socket2_connect(f.client, SocketAddr::new(f.server, f.port), timeout)?;
+    let sock = connect_from(f.client, SocketAddr::new(f.server, f.port), timeout)?;
     let mut sock = sock;
     sock.set_write_timeout(Some(timeout))
         .map_err(io("set timeout"))?;

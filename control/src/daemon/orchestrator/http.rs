@@ -28,7 +28,11 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use baton_common::{key, Bucket, DownlinkConf};
+use baton_common::{
+    key,
+    net::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    Bucket, DownlinkConf,
+};
 use serde::Deserialize;
 
 use super::{lock, unix_now, SharedRef};
@@ -548,10 +552,10 @@ async fn search_bucket(
     Query(q): Query<SearchQuery>,
 ) -> Result<Json<SearchResult>, ApiError> {
     let proto = match q.proto.as_deref() {
-        None | Some("tcp") => search::TCP,
-        Some("udp") => search::UDP,
-        Some("sctp") => search::SCTP,
-        Some("icmp") => 1,
+        None | Some("tcp") => IPPROTO_TCP,
+        Some("udp") => IPPROTO_UDP,
+        Some("sctp") => IPPROTO_SCTP,
+        Some("icmp") => IPPROTO_ICMP,
         Some(other) => {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
